@@ -1,0 +1,152 @@
+"""Time the plate-prior post-processing on a full RxRx1-sized Kaggle test set.
+
+18 experiments x 4 plates x 277 treatment wells x 1108 siRNAs (SPEC 1, 8), with synthetic
+log-probabilities: every well's true siRNA gets a logit bonus so the plates look like a model's output
+(argmax accuracy printed), groups and plate rotations drawn at random in the RxRx1 layout.
+Times ``assign`` and ``greedy_balance`` per plate with the plate restriction off (all 1108 classes)
+and on (the plate's 277), and ``postprocess_predictions`` end to end (rotation inference included).
+
+    python benchmarks/postprocess.py            # prints a summary and appends to BENCHMARKS.md
+    python benchmarks/postprocess.py --experiments 2 --no-append   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy
+
+from deepnoise_tf import postprocess
+from deepnoise_tf.constants import NUM_PLATE_GROUPS, NUM_SIRNAS, SIRNAS_PER_PLATE
+
+DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+
+
+def synthetic_test_set(rng, num_experiments, signal, scale):
+    """Table, float32 log-probs [N, 1108], true siRNAs, siRNA groups and rotation per experiment."""
+    groups = np.empty(NUM_SIRNAS, dtype=np.int64)
+    members = rng.permutation(NUM_SIRNAS).reshape(NUM_PLATE_GROUPS, SIRNAS_PER_PLATE)
+    members = members[np.argsort(members.min(axis=1))]  # groups numbered by smallest member
+    for group, ids in enumerate(members):
+        groups[ids] = group
+    rotations = rng.integers(0, NUM_PLATE_GROUPS, size=num_experiments)
+    rows, truths, log_probs = [], [], []
+    for experiment, g1 in enumerate(rotations):
+        for plate in range(1, NUM_PLATE_GROUPS + 1):
+            truth = rng.permutation(members[(g1 + plate - 1) % NUM_PLATE_GROUPS])
+            logits = rng.normal(size=(len(truth), NUM_SIRNAS))
+            logits[np.arange(len(truth)), truth] += signal
+            log_probs.append(postprocess.log_softmax(logits * scale).astype(np.float32))
+            truths.append(truth)
+            rows += [(f"SYN-{experiment:02d}", plate)] * len(truth)
+    table = pd.DataFrame(rows, columns=["experiment", "plate"])
+    return table, np.concatenate(log_probs), np.concatenate(truths), groups, rotations
+
+
+def time_per_plate(function, plates):
+    """Total seconds and predictions of ``function(log_probs, mask)`` over all plates."""
+    predictions, start = [], time.perf_counter()
+    for log_probs, mask in plates:
+        predictions.append(function(log_probs, mask))
+    return time.perf_counter() - start, np.concatenate(predictions)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experiments", type=int, default=18)
+    parser.add_argument("--signal", type=float, default=4.0, help="logit bonus of the true siRNA")
+    parser.add_argument("--scale", type=float, default=5.0, help="logit scale (temperature)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--no-append", action="store_true", help="print only")
+    args = parser.parse_args(argv)
+
+    rng = np.random.default_rng(args.seed)
+    table, log_probs, truth, groups, rotations = synthetic_test_set(
+        rng, args.experiments, args.signal, args.scale
+    )
+    plate_rows = {
+        key: np.asarray(rows)
+        for key, rows in table.groupby(["experiment", "plate"]).indices.items()
+    }
+    unrestricted = [(log_probs[rows], None) for rows in plate_rows.values()]
+    restricted = [
+        (
+            log_probs[rows],
+            postprocess.plate_candidate_mask(
+                (rotations[int(experiment[4:])] + plate - 1) % NUM_PLATE_GROUPS, groups
+            ),
+        )
+        for (experiment, plate), rows in plate_rows.items()
+    ]
+    order = np.concatenate(list(plate_rows.values()))
+    num_plates = len(plate_rows)
+    print(f"{len(table)} wells, {num_plates} plates, {NUM_SIRNAS} classes", flush=True)
+
+    results = {}
+    accuracies = {"argmax": float(np.mean(np.argmax(log_probs, axis=1) == truth))}
+    for name, function, plates in [
+        ("assign, all 1108 classes", postprocess.assign, unrestricted),
+        ("assign, plate group (277)", postprocess.assign, restricted),
+        ("greedy_balance, all 1108 classes", postprocess.greedy_balance, unrestricted),
+        ("greedy_balance, plate group (277)", postprocess.greedy_balance, restricted),
+    ]:
+        seconds, prediction = time_per_plate(function, plates)
+        results[name] = seconds
+        accuracies[name] = float(np.mean(prediction == truth[order]))
+        print(
+            f"{name}: {seconds:.2f} s ({1e3 * seconds / num_plates:.1f} ms/plate), "
+            f"accuracy {accuracies[name]:.4f}",
+            flush=True,
+        )
+    start = time.perf_counter()
+    prediction = postprocess.postprocess_predictions(table, log_probs, "assign", groups)
+    name = "postprocess_predictions(assign, inferred rotation)"
+    results[name] = time.perf_counter() - start
+    accuracies[name] = float(np.mean(prediction == truth))
+    print(f"{name}: {results[name]:.2f} s, accuracy {accuracies[name]:.4f}", flush=True)
+
+    lines = [
+        f"| {name} | {seconds:.2f} | {1e3 * seconds / num_plates:.1f} | {accuracies[name]:.4f} |"
+        for name, seconds in results.items()
+    ]
+    summary = (
+        f"postprocess: {len(table)} wells / {num_plates} plates: "
+        + ", ".join(f"{name} {seconds:.2f}s" for name, seconds in results.items())
+        + f" (argmax accuracy {accuracies['argmax']:.4f})"
+    )
+    if not args.no_append:
+        section = [
+            f"\n## Post-processing ({datetime.date.today().isoformat()})\n",
+            f"- machine: {platform.node() or 'unknown'}, {platform.processor() or platform.machine()}, "
+            f"{os.cpu_count()} logical CPUs; Python {platform.python_version()}, "
+            f"numpy {np.__version__}, scipy {scipy.__version__}",
+            f"- command: `{shlex.join(['python', 'benchmarks/' + Path(__file__).name, *sys.argv[1:]])}`",
+            f"- data: {args.experiments} experiments x 4 plates x 277 wells x {NUM_SIRNAS} classes, "
+            f"synthetic log-probs (true-siRNA bonus {args.signal}, scale {args.scale}, seed {args.seed}); "
+            f"argmax accuracy {accuracies['argmax']:.4f}",
+            "",
+            "| step | total s | ms/plate | accuracy |",
+            "|---|---|---|---|",
+            *lines,
+            "",
+        ]
+        if not args.output.exists():
+            section.insert(0, "# Benchmarks\n")
+        with open(args.output, "a", encoding="utf-8") as handle:
+            handle.write("\n".join(section))
+        print(f"appended to {args.output}")
+    print(summary)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""TFDS `rxrx1` examples -> tf.data batches for training, evaluation and prediction.
+
+Batches are dicts: `image` uint8 [B, H, W, 6] (normalization and augmentation run inside the step,
+on the device: 4x less host-to-device traffic than float32), the normalization `mean` and `std`
+float32 [B, 6] of each image's group, `label` int32 [B] (-1 = unlabelled) and, for unlabelled rows,
+`pseudo_label` int32 [B] (-1 = none). Evaluation batches also carry the example's identifiers.
+
+Training never reads a label of the test split: its examples are decoded without the `sirna`
+feature at all (tests/test_data.py proves it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from deepnoise_tf import constants
+
+ID_FEATURES = ("id_code", "site", "experiment", "plate", "well", "cell_type", "well_type")
+_STAT_FEATURES = {
+    "plate": ("plate_mean", "plate_std"),
+    "experiment": ("experiment_mean", "experiment_std"),
+    "cell_type": ("cell_type_mean", "cell_type_std"),
+}
+
+
+def _decoded_features(normalization: str, with_labels: bool, with_ids: bool) -> dict:
+    keep = {"image": True, "id_code": True, "site": True, "experiment": True, "cell_type": True}
+    if normalization in _STAT_FEATURES:
+        for name in _STAT_FEATURES[normalization]:
+            keep[name] = True
+    if with_ids:
+        keep.update({name: True for name in ID_FEATURES})
+    if with_labels:
+        keep["sirna"] = True
+    return keep
+
+
+def load_sites(
+    data_config,
+    split: str,
+    *,
+    with_labels: bool,
+    with_ids: bool = False,
+    shuffle_files: bool = False,
+    seed: int | None = None,
+) -> tf.data.Dataset:
+    """One element per site, only the features needed; `sirna` is not even decoded without labels."""
+    keep = _decoded_features(data_config.normalization, with_labels, with_ids)
+    read_config = tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=4)
+    return tfds.load(
+        data_config.builder,
+        split=split,
+        data_dir=data_config.data_dir or None,
+        shuffle_files=shuffle_files,
+        read_config=read_config,
+        decoders=tfds.decode.PartialDecoding(keep),
+    )
+
+
+def _in_set(value: tf.Tensor, names) -> tf.Tensor:
+    if not names:
+        return tf.constant(False)
+    return tf.reduce_any(tf.equal(value, tf.constant(list(names))))
+
+
+def select_experiments(dataset, *, include=(), exclude=(), cell_types=()) -> tf.data.Dataset:
+    """Keeps sites of the listed experiments (all if `include` is empty), minus `exclude`."""
+
+    def keep(example):
+        wanted = tf.constant(True) if not include else _in_set(example["experiment"], include)
+        wanted = tf.logical_and(wanted, tf.logical_not(_in_set(example["experiment"], exclude)))
+        if cell_types:
+            wanted = tf.logical_and(wanted, _in_set(example["cell_type"], cell_types))
+        return wanted
+
+    return dataset.filter(keep)
+
+
+def one_site_per_well(dataset, seed: int, epoch: tf.Tensor) -> tf.data.Dataset:
+    """Keeps one site of each well, picked anew every epoch from a hash of (well, seed, epoch).
+
+    Stateless and order-free, so it streams: no grouping of the two sites is needed (SPEC 1: a
+    training sample is one well with one site picked at random each time).
+    """
+
+    def keep(example):
+        key = tf.strings.join([example["id_code"], str(seed), tf.strings.as_string(epoch)], "/")
+        picked_site = tf.strings.to_hash_bucket_fast(key, constants.SITES_PER_WELL) + 1
+        return tf.equal(tf.cast(example["site"], tf.int64), picked_site)
+
+    return dataset.filter(keep)
+
+
+def to_sample(example, *, normalization: str, image_size: int, labelled: bool, pseudo_labels=None):
+    """Maps a decoded example to the training dict (image stays uint8)."""
+    image = example["image"]
+    if image_size and (image.shape[0] != image_size or image.shape[1] != image_size):
+        image = tf.image.resize(image, (image_size, image_size), method="area")
+        image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    image = tf.ensure_shape(image, (image_size or None, image_size or None, constants.NUM_CHANNELS))
+    if normalization in _STAT_FEATURES:
+        mean_key, std_key = _STAT_FEATURES[normalization]
+        mean, std = example[mean_key], example[std_key]
+    else:  # "none": only scale 8-bit pixels to roughly unit range
+        mean = tf.fill([constants.NUM_CHANNELS], 127.5)
+        std = tf.fill([constants.NUM_CHANNELS], 127.5)
+    sample = {"image": image, "mean": tf.cast(mean, tf.float32), "std": tf.cast(std, tf.float32)}
+    if labelled:
+        sample["label"] = tf.cast(example["sirna"], tf.int32)
+    else:
+        sample["label"] = tf.constant(constants.UNKNOWN_LABEL, tf.int32)
+    if pseudo_labels is not None:
+        sample["pseudo_label"] = tf.cast(pseudo_labels.lookup(example["id_code"]), tf.int32)
+    else:
+        sample["pseudo_label"] = tf.constant(constants.UNKNOWN_LABEL, tf.int32)
+    return sample
+
+
+def pseudo_label_table(id_codes, labels) -> tf.lookup.StaticHashTable:
+    """id_code (well) -> pseudo label; wells not listed get -1."""
+    initializer = tf.lookup.KeyValueTensorInitializer(
+        tf.constant(list(id_codes), tf.string), tf.constant(np.asarray(labels, np.int64), tf.int64)
+    )
+    return tf.lookup.StaticHashTable(initializer, default_value=constants.UNKNOWN_LABEL)
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitIndex:
+    """How many wells each role has; computed once (a pass over ids only) and cached by the caller."""
+
+    labelled_wells: int
+    unlabelled_wells: int
+    validation_sites: int
+    train_experiments: tuple
+    test_experiments: tuple
+
+
+def index_splits(data_config) -> SplitIndex:
+    """Counts wells per role, reading only the identifier features."""
+
+    def experiments_and_wells(split):
+        dataset = load_sites(data_config, split, with_labels=False)
+        dataset = dataset.map(lambda e: (e["experiment"], e["id_code"], e["cell_type"]))
+        wells, experiments = {}, set()
+        for experiment, id_code, cell_type in dataset.batch(4096).as_numpy_iterator():
+            for exp, well, cell in zip(experiment, id_code, cell_type):
+                if data_config.cell_types and cell.decode() not in data_config.cell_types:
+                    continue
+                experiments.add(exp.decode())
+                wells.setdefault(exp.decode(), set()).add(well)
+        return experiments, wells
+
+    train_experiments, train_wells = experiments_and_wells("train")
+    test_experiments, test_wells = experiments_and_wells("test")
+    val = set(data_config.val_experiments)
+    missing = val - train_experiments
+    if missing:
+        raise ValueError(
+            f"config.data.val_experiments {sorted(missing)} are not experiments of the train split "
+            f"{sorted(train_experiments)}"
+        )
+    labelled = sum(len(w) for e, w in train_wells.items() if e not in val)
+    if labelled == 0:
+        raise ValueError("no labelled training wells left after removing the validation experiments")
+    return SplitIndex(
+        labelled_wells=labelled,
+        unlabelled_wells=sum(len(w) for w in test_wells.values()),
+        validation_sites=2 * sum(len(w) for e, w in train_wells.items() if e in val),
+        train_experiments=tuple(sorted(train_experiments)),
+        test_experiments=tuple(sorted(test_experiments)),
+    )
+
+
+def _training_stream(data_config, split, *, labelled, seed, experiments_excluded, pseudo_labels=None):
+    """An endless, reshuffled-every-epoch stream of one-site-per-well samples."""
+    base = load_sites(data_config, split, with_labels=labelled, shuffle_files=True, seed=seed)
+    base = select_experiments(base, exclude=experiments_excluded, cell_types=tuple(data_config.cell_types))
+
+    def one_epoch(epoch):
+        epoch_data = one_site_per_well(base, seed, epoch)
+        return epoch_data.shuffle(data_config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+
+    stream = tf.data.Dataset.counter().flat_map(one_epoch)
+    return stream.map(
+        lambda e: to_sample(
+            e,
+            normalization=data_config.normalization,
+            image_size=data_config.image_size,
+            labelled=labelled,
+            pseudo_labels=pseudo_labels,
+        ),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+
+
+def interleave_per_replica(labelled, unlabelled, num_replicas: int):
+    """Concatenates two batches so every replica's contiguous slice holds the same labelled share.
+
+    A distribution strategy splits a global batch into contiguous slices; plain concatenation would
+    hand replica 0 all the labelled rows.
+    """
+
+    def merge(a, b):
+        def one(x, y):
+            x = tf.reshape(x, tf.concat([[num_replicas, -1], tf.shape(x)[1:]], 0))
+            y = tf.reshape(y, tf.concat([[num_replicas, -1], tf.shape(y)[1:]], 0))
+            merged = tf.concat([x, y], axis=1)
+            return tf.reshape(merged, tf.concat([[-1], tf.shape(merged)[2:]], 0))
+
+        return {key: one(a[key], b[key]) for key in a}
+
+    return tf.data.Dataset.zip(labelled, unlabelled).map(merge)
+
+
+def labelled_batch_size(batch_size: int, labelled_share: float, num_replicas: int) -> int:
+    """Labelled rows per global batch: a multiple of the replica count, at least one per replica."""
+    per_replica = batch_size // num_replicas
+    labelled = max(1, min(per_replica, round(per_replica * labelled_share)))
+    return labelled * num_replicas
+
+
+def training_dataset(config, *, num_replicas: int = 1, pseudo_labels=None) -> tf.data.Dataset:
+    """Endless batches of the global batch size for `model.fit(steps_per_epoch=...)`.
+
+    Labelled rows: the train split minus the validation experiments. With the mean teacher, each
+    batch also holds unlabelled rows of the test split, in the fixed share `labelled_share`.
+    """
+    data_config, batch_size = config.data, config.train.batch_size
+    if batch_size % num_replicas:
+        raise ValueError(f"train.batch_size={batch_size} is not divisible by the {num_replicas} replicas")
+    seed = config.train.seed
+    val = tuple(data_config.val_experiments)
+    labelled_stream = _training_stream(data_config, "train", labelled=True, seed=seed, experiments_excluded=val)
+    if not config.mean_teacher.enabled or config.mean_teacher.labelled_share >= 1.0:
+        return labelled_stream.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    n_labelled = labelled_batch_size(batch_size, config.mean_teacher.labelled_share, num_replicas)
+    unlabelled_stream = _training_stream(
+        data_config, "test", labelled=False, seed=seed + 1, experiments_excluded=(), pseudo_labels=pseudo_labels
+    )
+    batches = interleave_per_replica(
+        labelled_stream.batch(n_labelled, drop_remainder=True),
+        unlabelled_stream.batch(batch_size - n_labelled, drop_remainder=True),
+        num_replicas,
+    )
+    return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def evaluation_dataset(config, *, split: str = "train", experiments=None, with_labels=True, batch_size=None):
+    """Every site (both per well) of the given experiments, in order, with identifiers.
+
+    Default: the validation experiments of the train split. `with_labels=False` never decodes labels.
+    """
+    data_config = config.data
+    experiments = tuple(data_config.val_experiments) if experiments is None else tuple(experiments)
+    dataset = load_sites(data_config, split, with_labels=with_labels, with_ids=True)
+    dataset = select_experiments(dataset, include=experiments, cell_types=tuple(data_config.cell_types))
+
+    def sample(example):
+        out = to_sample(
+            example, normalization=data_config.normalization, image_size=data_config.image_size, labelled=with_labels
+        )
+        out.pop("pseudo_label")
+        for name in ID_FEATURES:
+            out[name] = example[name]
+        return out
+
+    dataset = dataset.map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.batch(batch_size or config.train.batch_size).prefetch(tf.data.AUTOTUNE)

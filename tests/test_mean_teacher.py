@@ -1,0 +1,178 @@
+"""The training step against a float64 numpy computation of the spec's losses, and the EMA update."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from deepnoise_tf import layers
+from deepnoise_tf.mean_teacher import MeanTeacher
+
+SCALE, MARGIN, CLASSES, EMBEDDING, SIZE, CHANNELS = 30.0, 0.1, 5, 8, 4, 6
+
+
+def tiny_network(seed):
+    keras.utils.set_random_seed(seed)
+    backbone = keras.Sequential(
+        [keras.Input((SIZE, SIZE, CHANNELS)), keras.layers.Flatten(), keras.layers.Dense(EMBEDDING)]
+    )
+    head = layers.ArcFace(CLASSES, scale=SCALE, margin=MARGIN)
+    head.build((None, EMBEDDING))
+    return {"backbone": backbone, "head": head}
+
+
+def numpy_cosine(embedding, kernel):
+    embedding = embedding / np.linalg.norm(embedding, axis=1, keepdims=True)
+    kernel = kernel / np.linalg.norm(kernel, axis=0, keepdims=True)
+    return embedding @ kernel
+
+
+def numpy_softmax(logits):
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def numpy_cross_entropy(logits, labels):
+    log_probs = np.log(numpy_softmax(logits))
+    return -log_probs[np.arange(len(labels)), labels]
+
+
+def network_weights(network):
+    dense_kernel, dense_bias = (w.numpy().astype(np.float64) for w in network["backbone"].weights)
+    return dense_kernel, dense_bias, network["head"].kernel.numpy().astype(np.float64)
+
+
+def make_batch(rng, batch=6):
+    return {
+        "image": rng.integers(0, 256, (batch, SIZE, SIZE, CHANNELS)).astype(np.uint8),
+        "mean": rng.uniform(80, 120, (batch, CHANNELS)).astype(np.float32),
+        "std": rng.uniform(30, 60, (batch, CHANNELS)).astype(np.float32),
+        "label": np.array([0, 3, -1, 2, -1, -1], np.int32)[:batch],
+        "pseudo_label": np.array([-1, -1, 4, -1, 1, -1], np.int32)[:batch],
+    }
+
+
+def build(teacher=True, steps_per_epoch=10, learning_rate=0.05):
+    student = tiny_network(1)
+    teacher_network = tiny_network(2) if teacher else None
+    model = MeanTeacher(
+        student,
+        teacher_network,
+        steps_per_epoch=steps_per_epoch,
+        consistency_weight=100.0,
+        rampup_epochs=5.0,
+        pseudo_label_weight=0.05,
+        normalization_jitter=0.0,
+        augment_views=False,
+    )
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate))
+    return model
+
+
+def expected_losses(batch, student, teacher, epoch=0.0):
+    """Float64 numpy of SPEC 5: ArcFace margin CE, consistency MSE and pSoftmax."""
+    x = (batch["image"].astype(np.float64) - batch["mean"][:, None, None, :]) / batch["std"][:, None, None, :]
+    x = x.reshape(len(x), -1)
+    labels, pseudo = batch["label"], batch["pseudo_label"]
+
+    w, b, k = student
+    cosine = numpy_cosine(x @ w + b, k)
+    labelled = labels >= 0
+    margin_cos = cosine.copy()
+    for row in np.flatnonzero(labelled):
+        c = cosine[row, labels[row]]
+        if c > math.cos(math.pi - MARGIN):
+            margin_cos[row, labels[row]] = c * math.cos(MARGIN) - math.sqrt(1 - c * c) * math.sin(MARGIN)
+        else:
+            margin_cos[row, labels[row]] = c - math.sin(math.pi - MARGIN) * MARGIN
+    classification = numpy_cross_entropy(SCALE * margin_cos[labelled], labels[labelled]).mean()
+
+    tw, tb, tk = teacher
+    student_probs = numpy_softmax(SCALE * cosine)
+    teacher_probs = numpy_softmax(SCALE * numpy_cosine(x @ tw + tb, tk))
+    consistency = ((student_probs - teacher_probs) ** 2).mean(axis=1).mean()
+
+    has_pseudo = pseudo >= 0
+    pseudo_loss = numpy_cross_entropy(SCALE * cosine[has_pseudo], pseudo[has_pseudo]).mean()
+    weight = 100.0 * math.exp(-5.0 * (1.0 - min(epoch, 5.0) / 5.0) ** 2)
+    total = 0.95 * classification + 0.05 * pseudo_loss + weight * consistency
+    return {
+        "classification_loss": classification,
+        "consistency_loss": consistency,
+        "pseudo_label_loss": pseudo_loss,
+        "consistency_weight": weight,
+        "loss": total,
+    }
+
+
+def test_one_step_matches_the_spec_losses_computed_in_numpy():
+    model = build()
+    batch = make_batch(np.random.default_rng(0))
+    student = network_weights({"backbone": model.student_backbone, "head": model.student_head})
+    teacher = network_weights({"backbone": model.teacher_backbone, "head": model.teacher_head})
+    logs = model.train_on_batch(batch, return_dict=True)
+    expected = expected_losses(batch, student, teacher)
+    for name, value in expected.items():
+        np.testing.assert_allclose(logs[name], value, rtol=2e-4, atol=1e-6, err_msg=name)
+
+
+def test_supervised_model_uses_only_the_classification_loss():
+    model = build(teacher=False)
+    batch = make_batch(np.random.default_rng(1))
+    student = network_weights({"backbone": model.student_backbone, "head": model.student_head})
+    logs = model.train_on_batch(batch, return_dict=True)
+    expected = expected_losses(batch, student, student)
+    np.testing.assert_allclose(logs["loss"], expected["classification_loss"], rtol=2e-4)
+    assert logs["consistency_loss"] == 0.0 and logs["pseudo_label_loss"] == 0.0
+
+
+def test_teacher_is_the_ema_of_the_student_and_never_optimised():
+    model = build(learning_rate=0.5)
+    rng = np.random.default_rng(2)
+    optimised = {id(v) for v in model.optimizer.variables} | {id(v) for v in model.optimizer._trainable_variables}
+    assert not any(id(v) in optimised for v in model.teacher_variables)
+    teacher = [v.numpy().copy() for v in model.teacher_variables]
+    # Step 1: decay = min(1 - 1/(1+1), 0.5) = 0.5 (SPEC 6, epoch 1).
+    model.train_on_batch(make_batch(rng), return_dict=True)
+    student = [v.numpy() for v in model.student_variables]
+    for new, old, s in zip(model.teacher_variables, teacher, student):
+        np.testing.assert_allclose(new.numpy(), 0.5 * old + 0.5 * s, rtol=1e-5, atol=1e-6)
+    # Step 2: decay = min(1 - 1/3, 0.5) = 0.5 again; step 3 would be min(0.75, 0.5).
+    teacher = [v.numpy().copy() for v in model.teacher_variables]
+    model.train_on_batch(make_batch(rng), return_dict=True)
+    student = [v.numpy() for v in model.student_variables]
+    for new, old, s in zip(model.teacher_variables, teacher, student):
+        np.testing.assert_allclose(new.numpy(), 0.5 * old + 0.5 * s, rtol=1e-5, atol=1e-6)
+
+
+def test_ema_decay_follows_the_epoch_schedule_in_the_step():
+    # steps_per_epoch=1: step k runs in epoch k (1-based) -> decays 0.5, 0.9 (epoch 2 <= 10).
+    model = build(steps_per_epoch=1, learning_rate=0.5)
+    rng = np.random.default_rng(3)
+    model.train_on_batch(make_batch(rng), return_dict=True)
+    teacher = [v.numpy().copy() for v in model.teacher_variables]
+    for _ in range(1):
+        model.train_on_batch(make_batch(rng), return_dict=True)
+    decay = min(1 - 1 / 3, 0.9)  # step 2, epoch 2
+    student = [v.numpy() for v in model.student_variables]
+    for new, old, s in zip(model.teacher_variables, teacher, student):
+        np.testing.assert_allclose(new.numpy(), decay * old + (1 - decay) * s, rtol=1e-5, atol=1e-6)
+
+
+def test_test_step_reports_student_and_teacher_accuracy():
+    model = build()
+    batch = make_batch(np.random.default_rng(4))
+    logs = model.test_on_batch(batch, return_dict=True)
+    x = (batch["image"].astype(np.float64) - batch["mean"][:, None, None, :]) / batch["std"][:, None, None, :]
+    x = x.reshape(len(x), -1)
+    labelled = batch["label"] >= 0
+    for name, network in [
+        ("student_accuracy", {"backbone": model.student_backbone, "head": model.student_head}),
+        ("teacher_accuracy", {"backbone": model.teacher_backbone, "head": model.teacher_head}),
+    ]:
+        w, b, k = network_weights(network)
+        predicted = numpy_cosine(x @ w + b, k).argmax(axis=1)
+        expected = (predicted[labelled] == batch["label"][labelled]).mean()
+        assert logs[name] == pytest.approx(expected)

@@ -1,0 +1,1 @@
+"""The rxrx1 TFDS dataset folder (builder, card, dummy data)."""
