@@ -148,12 +148,17 @@ def measure(step, steps: int, warmup: int) -> tuple[float, float]:
     return first, (time.perf_counter() - start) / steps
 
 
-def benchmark_one(architecture, size, width, batch, precision, xla, steps, warmup, seed=0):
+def benchmark_one(
+    architecture, size, width, batch, precision, xla, steps, warmup, sync_batch_norm, seed=0
+):
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(precision)
     try:
         model = models.build(
-            architecture, (size, size, constants.NUM_CHANNELS), width=width, sync_batch_norm=False
+            architecture,
+            (size, size, constants.NUM_CHANNELS),
+            width=width,
+            sync_batch_norm=sync_batch_norm,
         )
     finally:
         keras.config.set_dtype_policy(previous)
@@ -204,7 +209,7 @@ def resolve_xla(names: list[str]) -> list[bool]:
     return list(dict.fromkeys(name in ("on", "true", "1") for name in names))
 
 
-def markdown_section(rows, command, total_seconds) -> str:
+def markdown_section(rows, command, total_seconds, sync_batch_norm) -> str:
     header = (
         "| backbone | size | width | batch | precision | XLA | params (M) | forward img/s "
         "| train img/s | first forward s | first train s |"
@@ -220,7 +225,8 @@ def markdown_section(rows, command, total_seconds) -> str:
         f"- device: {device_name()}",
         f"- command: `{command}`",
         f"- total wall time: {total_seconds:.0f} s; 'first' columns include tracing and "
-        "compilation; train = forward + backward + SGD update, no head",
+        "compilation; train = forward + backward + SGD update, no head; synchronized batch "
+        f"norm: {'on' if sync_batch_norm and keras.backend.backend() == 'tensorflow' else 'off'}",
         "",
         header,
         "|" + "---|" * (header.count("|") - 1),
@@ -263,6 +269,12 @@ def main(argv=None):
         "ones only when a GPU is present",
     )
     parser.add_argument("--xla", type=comma_list(str), default=["off", "on"], help="off,on")
+    parser.add_argument(
+        "--sync_batch_norm",
+        choices=("on", "off"),
+        default="on",
+        help="models.xception(sync_batch_norm=...), on as in training (TensorFlow only)",
+    )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--no_append", action="store_true", help="print only")
     arguments = parser.parse_args(argv)
@@ -294,6 +306,7 @@ def main(argv=None):
             xla,
             arguments.steps,
             arguments.warmup,
+            arguments.sync_batch_norm == "on",
         )
         rows.append(row)
         print(
@@ -319,7 +332,9 @@ def main(argv=None):
     )
     if not arguments.no_append:
         with open(arguments.output, "a") as output:
-            output.write("\n" + markdown_section(rows, command, total))
+            output.write(
+                "\n" + markdown_section(rows, command, total, arguments.sync_batch_norm == "on")
+            )
         print(f"appended to {arguments.output}")
 
 

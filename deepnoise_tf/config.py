@@ -51,6 +51,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.model.arcface_margin = 0.1
     config.model.dropout = 0.5  # softmax head only
     config.model.sync_batch_norm = True  # identical BN statistics on every replica
+    config.model.batch_norm_momentum = 0.99  # Keras's Xception default
     config.model.imagenet_weights = ""  # local path to Keras's Xception ImageNet weights, "" = scratch
     config.model.num_classes = constants.NUM_CLASSES
 
@@ -100,10 +101,11 @@ def cpu_scale(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.data.val_experiments = tuple(f"{cell_type}-03" for cell_type in constants.CELL_TYPES)
     config.data.shuffle_buffer = 512
     config.model.width = 0.125
-    config.train.epochs = 6
+    config.model.batch_norm_momentum = 0.9  # a few hundred steps: moving statistics must keep up
+    config.train.epochs = 12
     config.train.batch_size = 32
     config.train.learning_rates = (3e-3, 1e-3, 1e-4)
-    config.train.lr_epoch_boundaries = (4, 5)
+    config.train.lr_epoch_boundaries = (8, 11)
     config.mean_teacher.rampup_epochs = 2.0
     config.mean_teacher.ema_epoch_boundaries = (1, 2, 4)
     return config

@@ -58,6 +58,9 @@ def build_network(model_config, image_size: int, name: str) -> dict:
         weights=model_config.imagenet_weights or None,
         name=f"{name}_backbone",
     )
+    for layer in backbone.layers:  # short runs need faster-moving statistics than Keras's 0.99
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = model_config.batch_norm_momentum
     if model_config.head == "arcface":
         head = layers.ArcFace(
             model_config.num_classes,
