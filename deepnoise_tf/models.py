@@ -67,10 +67,18 @@ def _scaled_widths(widths: Widths, width: float) -> Widths:
     )
 
 
-def _batch_norm(name: str, synchronized: bool) -> keras.layers.BatchNormalization:
-    # Keras's defaults (momentum 0.99, epsilon 1e-3) match keras.applications.Xception exactly,
-    # which the faithfulness test and the ImageNet weights rely on.
-    return keras.layers.BatchNormalization(axis=-1, synchronized=synchronized, name=name)
+@dataclasses.dataclass(frozen=True)
+class _BatchNormSettings:
+    synchronized: bool
+    momentum: float
+
+
+def _batch_norm(name: str, settings: _BatchNormSettings) -> keras.layers.BatchNormalization:
+    # Keras's epsilon 1e-3 (and default momentum 0.99) match keras.applications.Xception, which
+    # the faithfulness test and the ImageNet weights rely on.
+    return keras.layers.BatchNormalization(
+        axis=-1, momentum=settings.momentum, synchronized=settings.synchronized, name=name
+    )
 
 
 def _separable(filters: int, name: str) -> keras.layers.SeparableConv2D:
@@ -81,32 +89,34 @@ def _relu(name: str) -> keras.layers.Activation:
     return keras.layers.Activation("relu", name=name)
 
 
-def _downsampling_block(x, block: int, filters: tuple[int, int], relu_first: bool, sync: bool):
+def _downsampling_block(
+    x, block: int, filters: tuple[int, int], relu_first: bool, batch_norm: _BatchNormSettings
+):
     """Entry/exit block: two separable convs, max-pool /2, plus a strided 1x1 shortcut."""
     prefix = f"block{block}"
     residual = keras.layers.Conv2D(
         filters[1], 1, strides=2, padding="same", use_bias=False, name=f"{prefix}_residual_conv"
     )(x)
-    residual = _batch_norm(f"{prefix}_residual_bn", sync)(residual)
+    residual = _batch_norm(f"{prefix}_residual_bn", batch_norm)(residual)
     if relu_first:
         x = _relu(f"{prefix}_sepconv1_act")(x)
     x = _separable(filters[0], f"{prefix}_sepconv1")(x)
-    x = _batch_norm(f"{prefix}_sepconv1_bn", sync)(x)
+    x = _batch_norm(f"{prefix}_sepconv1_bn", batch_norm)(x)
     x = _relu(f"{prefix}_sepconv2_act")(x)
     x = _separable(filters[1], f"{prefix}_sepconv2")(x)
-    x = _batch_norm(f"{prefix}_sepconv2_bn", sync)(x)
+    x = _batch_norm(f"{prefix}_sepconv2_bn", batch_norm)(x)
     x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name=f"{prefix}_pool")(x)
     return keras.layers.Add(name=f"{prefix}_add")([x, residual])
 
 
-def _middle_block(x, block: int, filters: int, sync: bool):
+def _middle_block(x, block: int, filters: int, batch_norm: _BatchNormSettings):
     """Middle-flow block: three relu-separable-bn units with an identity shortcut."""
     prefix = f"block{block}"
     residual = x
     for unit in (1, 2, 3):
         x = _relu(f"{prefix}_sepconv{unit}_act")(x)
         x = _separable(filters, f"{prefix}_sepconv{unit}")(x)
-        x = _batch_norm(f"{prefix}_sepconv{unit}_bn", sync)(x)
+        x = _batch_norm(f"{prefix}_sepconv{unit}_bn", batch_norm)(x)
     return keras.layers.Add(name=f"{prefix}_add")([x, residual])
 
 
@@ -117,6 +127,7 @@ def xception(
     stem: str = "7x7",
     width: float = 1.0,
     sync_batch_norm: bool = True,
+    batch_norm_momentum: float = 0.99,
     weights: str | None = None,
     name: str | None = None,
 ) -> keras.Model:
@@ -133,6 +144,8 @@ def xception(
         statistics (plain batch norm keeps one diverging copy per replica and checkpoints
         replica 0's). Ignored on JAX, where a data-parallel batch is one global array and the
         statistics are global anyway.
+      batch_norm_momentum: momentum of the moving statistics (Keras's 0.99 by default; short
+        CPU runs need faster-moving statistics).
       weights: optional local path to Keras's Xception ImageNet weights (.h5 or .weights.h5);
         needs wide=False and width=1.0. See `load_imagenet_weights`.
       name: model name; defaults to "xception" / "xception_wide".
@@ -150,7 +163,10 @@ def xception(
         raise ValueError("ImageNet weights exist only for Xception (wide=False) at width=1.0")
     widths = _scaled_widths(XCEPTION_WIDE_WIDTHS if wide else XCEPTION_WIDTHS, width)
     # keras.layers.BatchNormalization(synchronized=True) is implemented on TensorFlow only.
-    sync = bool(sync_batch_norm) and keras.backend.backend() == "tensorflow"
+    batch_norm = _BatchNormSettings(
+        synchronized=bool(sync_batch_norm) and keras.backend.backend() == "tensorflow",
+        momentum=float(batch_norm_momentum),
+    )
 
     images = keras.Input(shape=tuple(input_shape), name="images")
     if stem == "7x7":
@@ -160,24 +176,26 @@ def xception(
         x = keras.layers.Conv2D(widths.stem, 3, strides=2, use_bias=False, name="block1_conv1")(
             images
         )
-    x = _batch_norm("block1_conv1_bn", sync)(x)
+    x = _batch_norm("block1_conv1_bn", batch_norm)(x)
     x = _relu("block1_conv1_act")(x)
     x = keras.layers.Conv2D(widths.conv2, 3, use_bias=False, name="block1_conv2")(x)
-    x = _batch_norm("block1_conv2_bn", sync)(x)
+    x = _batch_norm("block1_conv2_bn", batch_norm)(x)
     x = _relu("block1_conv2_act")(x)
 
     for index, block in enumerate(_ENTRY_BLOCKS):
         filters = widths.entry[index]
-        x = _downsampling_block(x, block, (filters, filters), relu_first=block != 2, sync=sync)
+        x = _downsampling_block(
+            x, block, (filters, filters), relu_first=block != 2, batch_norm=batch_norm
+        )
     for block in range(_ENTRY_BLOCKS[-1] + 1, _EXIT_BLOCK):
-        x = _middle_block(x, block, widths.middle, sync)
-    x = _downsampling_block(x, _EXIT_BLOCK, widths.exit, relu_first=True, sync=sync)
+        x = _middle_block(x, block, widths.middle, batch_norm)
+    x = _downsampling_block(x, _EXIT_BLOCK, widths.exit, relu_first=True, batch_norm=batch_norm)
 
     x = _separable(widths.final[0], "block14_sepconv1")(x)
-    x = _batch_norm("block14_sepconv1_bn", sync)(x)
+    x = _batch_norm("block14_sepconv1_bn", batch_norm)(x)
     x = _relu("block14_sepconv1_act")(x)
     x = _separable(widths.final[1], "block14_sepconv2")(x)
-    x = _batch_norm("block14_sepconv2_bn", sync)(x)
+    x = _batch_norm("block14_sepconv2_bn", batch_norm)(x)
     # DeepNoise embeds the last batch-norm output directly: no ReLU before pooling.
     embeddings = keras.layers.GlobalAveragePooling2D(name="embedding")(x)
 

@@ -144,6 +144,10 @@ def test_width_multiplier_scales_every_stage():
     assert model.get_layer("block7_sepconv2").pointwise_kernel.shape == (1, 1, 184, 184)
     wide = models.xception((64, 64, 6), wide=True, width=0.25)
     assert wide.get_layer("block7_sepconv2").pointwise_kernel.shape == (1, 1, 256, 256)
+    fast = models.xception((64, 64, 6), width=0.25, batch_norm_momentum=0.9)
+    batch_norms = [x for x in fast.layers if isinstance(x, keras.layers.BatchNormalization)]
+    momenta = {layer.momentum for layer in batch_norms}
+    assert momenta == {0.9}
     assert models.build("xception_wide", (64, 64, 6), width=0.25).count_params() == (
         wide.count_params()
     )

@@ -1,0 +1,371 @@
+"""SavedModel inference: the export outside the package, the predict / ensemble / embed commands.
+
+Two tiny untrained models (width 0.125, 16-pixel images, different seeds) stand in for trained ones:
+the checks are about plumbing (which statistics feed which images, averaging in logit space, the
+submission's shape and the plate constraints), so learned weights are not needed. References are
+the in-process Keras networks evaluated on numpy-normalized, numpy-rotated images.
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow_datasets as tfds
+
+from deepnoise_tf import config as config_lib
+from deepnoise_tf import constants, embed, ensemble, export, factory, predict, synthetic
+
+IMAGE_SIZE = 16
+
+
+def tiny_config(data_dir, builder, seed):
+    config = config_lib.cpu_scale(config_lib.default_config())
+    config.data.data_dir = str(data_dir)
+    config.data.builder = builder
+    config.data.synthetic_preset = ""
+    config.data.image_size = IMAGE_SIZE
+    config.model.width = 0.125
+    config.train.seed = seed
+    return config_lib.validate(config)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """(data_dir, builder name) of the tiny synthetic RxRx1 in the release layout (test labels known)."""
+    data_dir = tmp_path_factory.mktemp("predict_data")
+    return str(data_dir), synthetic.prepare_tfds(data_dir, preset="tiny", layout="release")
+
+
+@pytest.fixture(scope="module")
+def test_sites(data):
+    """Every site of the test split as numpy arrays, read straight from TFDS."""
+    data_dir, builder = data
+    dataset = tfds.load(builder, split="test", data_dir=data_dir, batch_size=-1)
+    sites = tfds.as_numpy(dataset)
+    for name in ("id_code", "experiment", "cell_type", "well_type"):
+        sites[name] = np.asarray([value.decode() for value in sites[name]])
+    return sites
+
+
+@pytest.fixture(scope="module")
+def members(data, tmp_path_factory):
+    """Two training workdirs (config.json, checkpoints/best.weights.h5, export/) and their networks."""
+    data_dir, builder = data
+    result = []
+    for seed in (0, 1):
+        workdir = tmp_path_factory.mktemp(f"member{seed}")
+        config = tiny_config(data_dir, builder, seed)
+        model = factory.build_model(config, steps_per_epoch=1)
+        (workdir / "checkpoints").mkdir()
+        model.save_weights(str(workdir / "checkpoints" / "best.weights.h5"))
+        (workdir / "config.json").write_text(config_lib.to_json(config))
+        path = export.export_saved_model(
+            [model.inference_network()],
+            str(workdir / "export"),
+            image_size=IMAGE_SIZE,
+            normalization=config.data.normalization,
+        )
+        result.append({"workdir": workdir, "export": path, "network": model.inference_network()})
+    return result
+
+
+def keras_outputs(network, images, mean, std):
+    """float64 logits [N, 1139] and embeddings of the in-process Keras network, normalized in numpy."""
+    backbone, head = network
+    normalized = (images.astype(np.float32) - mean[:, None, None, :]) / std[:, None, None, :]
+    embedding = backbone(normalized, training=False)
+    logits = head(embedding, training=False)
+    return np.asarray(logits, np.float64), np.asarray(embedding, np.float64)
+
+
+def softmax(logits):
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return np.exp(shifted) / np.exp(shifted).sum(axis=-1, keepdims=True)
+
+
+def dihedral_views(images):
+    """The 8 rotations / mirror images of [N, H, W, C] images, by numpy."""
+    views = []
+    for mirrored in (images, images[:, :, ::-1]):
+        views += [np.rot90(mirrored, k, axes=(1, 2)) for k in range(4)]
+    return views
+
+
+def well_reference(sites, site_logits):
+    """{id_code: mean logits of its sites} by brute force."""
+    return {
+        well: site_logits[sites["id_code"] == well].mean(axis=0)
+        for well in np.unique(sites["id_code"])
+    }
+
+
+FRESH_PROCESS = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import tensorflow as tf
+
+    model_dir, inputs_path, outputs_path = sys.argv[1:]
+    loaded = tf.saved_model.load(model_dir)
+    inputs = np.load(inputs_path)
+    outputs = loaded.signatures["serving_default"](
+        image=tf.constant(inputs["image"]), mean=tf.constant(inputs["mean"]), std=tf.constant(inputs["std"])
+    )
+    metadata = loaded.signatures["metadata"]()
+    assert "deepnoise_tf" not in sys.modules, "the SavedModel pulled in deepnoise_tf"
+    np.savez(
+        outputs_path,
+        normalization=metadata["normalization"].numpy().decode(),
+        num_models=metadata["num_models"].numpy(),
+        **{name: value.numpy() for name, value in outputs.items()},
+    )
+    """
+)
+
+
+def test_saved_model_in_fresh_process_matches_keras(members, tmp_path):
+    member = members[0]
+    rng = np.random.default_rng(0)
+    inputs = {
+        "image": rng.integers(0, 256, size=(5, IMAGE_SIZE, IMAGE_SIZE, 6), dtype=np.uint8),
+        "mean": rng.uniform(20, 60, size=(5, 6)).astype(np.float32),
+        "std": rng.uniform(5, 20, size=(5, 6)).astype(np.float32),
+    }
+    np.savez(tmp_path / "inputs.npz", **inputs)
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            FRESH_PROCESS,
+            member["export"],
+            str(tmp_path / "inputs.npz"),
+            str(tmp_path / "out.npz"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    served = np.load(tmp_path / "out.npz")
+    logits, embedding = keras_outputs(
+        member["network"], inputs["image"], inputs["mean"], inputs["std"]
+    )
+    expected = softmax(logits[:, : constants.NUM_SIRNAS])
+    assert served["probabilities"].shape == (5, constants.NUM_SIRNAS)
+    np.testing.assert_allclose(served["probabilities"], expected, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(served["logits"], logits, atol=1e-4)
+    unit = embedding / np.linalg.norm(embedding, axis=1, keepdims=True)
+    np.testing.assert_allclose(served["embedding"], unit, atol=1e-5)
+    assert str(served["normalization"]) == "plate" and int(served["num_models"]) == 1
+
+
+def test_predict_cli_writes_a_valid_submission(data, members, test_sites, tmp_path, capsys):
+    data_dir, builder = data
+    output = tmp_path / "out" / "submission.csv"
+    predict.main(
+        [
+            "--model",
+            members[0]["export"],
+            "--data_dir",
+            data_dir,
+            "--builder",
+            builder,
+            "--split",
+            "test",
+            "--output",
+            str(output),
+            "--postprocess",
+            "assign",
+            "--batch_size",
+            "16",
+            "--no-progress",
+        ]
+    )
+    submission = pd.read_csv(output)
+    assert list(submission.columns) == ["id_code", "sirna"]
+    treatment = set(test_sites["id_code"][test_sites["well_type"] == "treatment"])
+    assert len(submission) == len(treatment) and set(submission["id_code"]) == treatment
+
+    # Independent truth from the train split: which siRNAs share a plate (a group).
+    train = tfds.as_numpy(tfds.load(builder, split="train", data_dir=data_dir, batch_size=-1))
+    plate_sets = {}
+    for experiment, plate, sirna in zip(
+        train["experiment"], train["plate"], train["sirna"], strict=True
+    ):
+        if sirna < constants.NUM_SIRNAS:
+            plate_sets.setdefault((experiment, plate), set()).add(int(sirna))
+    groups = {frozenset(members_) for members_ in plate_sets.values()}
+    submission["plate"] = submission["id_code"].str.split("_").str[1]
+    submission["experiment"] = submission["id_code"].str.split("_").str[0]
+    for _, plate in submission.groupby(["experiment", "plate"]):
+        assert plate["sirna"].between(0, constants.NUM_SIRNAS - 1).all()
+        assert not plate["sirna"].duplicated().any(), "a siRNA predicted twice on one plate"
+        assert any(set(plate["sirna"]) <= group for group in groups), "plate mixes siRNA groups"
+
+    report = pd.read_csv(tmp_path / "out" / "submission_accuracy.csv")
+    assert set(report["stage"]) == {"raw", "assign"}
+    overall = report[report["group"] == "all"].set_index("stage")
+    assert (overall["wells"] == len(treatment)).all()
+    per_cell_type = report[(report["stage"] == "assign") & (report["group"] != "all")]
+    assert set(per_cell_type["group"]) == set(test_sites["cell_type"])
+    assert "accuracy written" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_predict_wells_averages_sites_and_views_in_logit_space(data, members, test_sites, tta):
+    data_dir, builder = data
+    member = members[0]
+    wells = predict.predict_wells(
+        member["export"],
+        data_dir,
+        builder=builder,
+        split="test",
+        postprocess_method="none",
+        tta=tta,
+        batch_size=16,
+        progress=False,
+        sirna_groups=None,
+    )
+    mean, std = test_sites["plate_mean"], test_sites["plate_std"]  # the export says "plate"
+    views = dihedral_views(test_sites["image"]) if tta else [test_sites["image"]]
+    site_logits = np.mean(
+        [keras_outputs(member["network"], view, mean, std)[0] for view in views], axis=0
+    )
+    reference = well_reference(test_sites, site_logits)
+    all_wells, logits = predict.split_well_logits(
+        member["export"], data_dir, builder=builder, tta=tta, batch_size=16, progress=False
+    )
+    assert len(all_wells) == len(reference)  # controls too
+    np.testing.assert_allclose(
+        logits, [reference[well] for well in all_wells["id_code"]], atol=1e-4
+    )
+    expected = [np.argmax(reference[well][: constants.NUM_SIRNAS]) for well in wells["id_code"]]
+    np.testing.assert_array_equal(wells["raw_prediction"], expected)
+    np.testing.assert_array_equal(wells["sirna"], expected)  # "none" without groups is the argmax
+    labels = {
+        well: label for well, label in zip(test_sites["id_code"], test_sites["sirna"], strict=True)
+    }
+    np.testing.assert_array_equal(wells["label"], [labels[well] for well in wells["id_code"]])
+
+
+def test_ensemble_export_averages_member_logits(members, tmp_path):
+    output = tmp_path / "ensemble"
+    ensemble.main(
+        [
+            "--workdirs",
+            str(members[0]["workdir"]),
+            str(members[1]["workdir"]),
+            "--output",
+            str(output),
+        ]
+    )
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(4, IMAGE_SIZE, IMAGE_SIZE, 6), dtype=np.uint8)
+    mean = rng.uniform(20, 60, size=(4, 6)).astype(np.float32)
+    std = rng.uniform(5, 20, size=(4, 6)).astype(np.float32)
+
+    def serve(path):
+        loaded = predict.load_export(path)
+        outputs = loaded.serve(image=images, mean=mean, std=std)
+        return loaded, {name: value.numpy().astype(np.float64) for name, value in outputs.items()}
+
+    single = [serve(member["export"])[1] for member in members]
+    loaded, combined = serve(str(output))
+    assert (
+        loaded.num_models == 2
+        and loaded.normalization == "plate"
+        and loaded.image_size == IMAGE_SIZE
+    )
+    assert np.abs(single[0]["logits"] - single[1]["logits"]).max() > 1e-2  # members really differ
+    np.testing.assert_allclose(
+        combined["logits"], (single[0]["logits"] + single[1]["logits"]) / 2, atol=1e-4
+    )
+    expected = softmax(combined["logits"][:, : constants.NUM_SIRNAS])
+    np.testing.assert_allclose(combined["probabilities"], expected, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(np.linalg.norm(combined["embedding"], axis=1), 1.0, atol=1e-5)
+
+
+def test_ensemble_rejects_members_that_disagree(members, tmp_path):
+    configs = [ensemble.workdir_config(member["workdir"]) for member in members]
+    assert ensemble.check_compatible(configs) == (IMAGE_SIZE, "plate")
+    other = json.loads((members[1]["workdir"] / "config.json").read_text())
+    other["data"]["normalization"] = "experiment"
+    (tmp_path / "config.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="normalization"):
+        ensemble.check_compatible(configs + [ensemble.workdir_config(tmp_path)])
+    with pytest.raises(FileNotFoundError):
+        ensemble.workdir_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".parquet"])
+def test_embed_writes_unit_well_embeddings(data, members, test_sites, tmp_path, suffix):
+    data_dir, builder = data
+    member = members[0]
+    output = tmp_path / f"wells{suffix}"
+    embed.main(
+        [
+            "--model",
+            member["export"],
+            "--data_dir",
+            data_dir,
+            "--builder",
+            builder,
+            "--split",
+            "test",
+            "--output",
+            str(output),
+            "--batch_size",
+            "32",
+            "--no-progress",
+        ]
+    )
+    if suffix == ".npz":
+        stored = np.load(output)
+        embeddings, id_codes = stored["embedding"], stored["id_code"]
+        well_types = stored["well_type"]
+    else:
+        table = pd.read_parquet(output)
+        embeddings, id_codes = np.stack(table["embedding"].to_numpy()), table["id_code"].to_numpy()
+        well_types = table["well_type"].to_numpy()
+    number_of_wells = len(np.unique(test_sites["id_code"]))
+    _, site_embeddings = keras_outputs(
+        member["network"], test_sites["image"], test_sites["plate_mean"], test_sites["plate_std"]
+    )
+    assert embeddings.shape == (number_of_wells, site_embeddings.shape[1])
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    assert set(well_types) == set(test_sites["well_type"])  # controls kept
+    unit_sites = site_embeddings / np.linalg.norm(site_embeddings, axis=1, keepdims=True)
+    reference = well_reference(test_sites, unit_sites)
+    for well, embedding in zip(id_codes, embeddings, strict=True):
+        expected = reference[well] / np.linalg.norm(reference[well])
+        np.testing.assert_allclose(embedding, expected, atol=1e-5)
+
+
+def test_predict_without_test_labels_writes_no_accuracy(members, tmp_path):
+    """The Kaggle layout hides the test treatments' labels: a submission, but no accuracy report."""
+    data_dir = tmp_path / "kaggle_data"
+    builder = synthetic.prepare_tfds(data_dir, preset="tiny", layout="kaggle")
+    output = tmp_path / "submission.csv"
+    wells = predict.main(
+        [
+            "--model",
+            members[0]["export"],
+            "--data_dir",
+            str(data_dir),
+            "--builder",
+            builder,
+            "--output",
+            str(output),
+            "--postprocess",
+            "balance",
+            "--no-progress",
+        ]
+    )
+    assert (wells["label"] == constants.UNKNOWN_LABEL).all()
+    assert len(pd.read_csv(output)) == len(wells) > 0
+    assert not (tmp_path / "submission_accuracy.csv").exists()
+    assert predict.accuracy_report(wells, "balance") is None
