@@ -23,3 +23,4 @@ WELL_TYPES = ("treatment", "positive_control", "negative_control")
 NORMALIZATIONS = ("plate", "experiment", "cell_type", "none")
 
 IMAGE_SIZE = 512  # native RxRx1 resolution
+TEACHER_STATISTICS = ("ema", "batch")  # where the teacher's batch-norm statistics come from

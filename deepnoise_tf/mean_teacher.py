@@ -20,7 +20,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from deepnoise_tf import augment, losses, schedules
+from deepnoise_tf import augment, constants, losses, schedules
 
 
 def _replica_context():
@@ -80,6 +80,8 @@ class MeanTeacher(keras.Model):
         pseudo_label_weight: pSoftmax weight when a batch carries pseudo labels (SPEC 5).
         normalization_jitter: mean/std jitter of the training-time normalization (SPEC 2).
         augment_views: False turns the three views into the plain normalized image (for tests).
+        teacher_statistics: "ema" (default) averages the student's batch-norm statistics into the teacher,
+            which then runs in inference mode; "batch" lets the teacher keep its own (Tarvainen & Valpola).
         seed: seeds the in-step augmentation (stateless; folded with the step and the replica).
 
     Example:
@@ -101,6 +103,7 @@ class MeanTeacher(keras.Model):
         pseudo_label_weight: float = 0.05,
         normalization_jitter: float = 0.1,
         augment_views: bool = True,
+        teacher_statistics: str = "ema",
         seed: int = 0,
         **kwargs,
     ):
@@ -119,6 +122,9 @@ class MeanTeacher(keras.Model):
         self.pseudo_label_weight = float(pseudo_label_weight)
         self.normalization_jitter = float(normalization_jitter)
         self.augment_views = bool(augment_views)
+        if teacher_statistics not in constants.TEACHER_STATISTICS:
+            raise ValueError(f"teacher_statistics={teacher_statistics!r} is not one of {list(constants.TEACHER_STATISTICS)}")
+        self.teacher_statistics = teacher_statistics
         self.seed = int(seed)
 
         names = ["loss", "classification_loss", "consistency_loss", "pseudo_label_loss", "consistency_weight"]
@@ -213,7 +219,13 @@ class MeanTeacher(keras.Model):
                 easy = augment.easy_view(images, seed_easy) if self.augment_views else images
                 hard = augment.hard_view(images, seed_hard) if self.augment_views else images
                 student_logits = self.student_head(self.student_backbone(easy, training=True), training=True)
-                teacher_logits = self.teacher_head(self.teacher_backbone(hard, training=True), training=True)
+                # "ema": the teacher's batch-norm statistics are the EMA of the student's, so it runs in
+                # inference mode, exactly as it is evaluated; "batch": it normalises with the hard view's
+                # batch statistics and keeps its own moving averages (Tarvainen & Valpola).
+                teacher_training = self.teacher_statistics == "batch"
+                teacher_logits = self.teacher_head(
+                    self.teacher_backbone(hard, training=teacher_training), training=teacher_training
+                )
                 teacher_logits = tf.stop_gradient(teacher_logits)
                 consistency = tf.reduce_sum(losses.consistency_loss(student_logits, teacher_logits)) / n_rows
                 weight = schedules.consistency_weight(epoch, self.consistency_weight, self.rampup_epochs)
@@ -237,6 +249,12 @@ class MeanTeacher(keras.Model):
                 final_decay=self.ema_decays[-1],
             )
             ema_update(self.teacher_variables, self.student_variables, tf.cast(decay, tf.float32))
+            if self.teacher_statistics == "ema":
+                ema_update(
+                    self.teacher_backbone.non_trainable_weights,
+                    self.student_backbone.non_trainable_weights,
+                    tf.cast(decay, tf.float32),
+                )
 
         replicas = float(_num_replicas())  # trackers average replicas; each holds 1/replicas of a term
         values = {

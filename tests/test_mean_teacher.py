@@ -176,3 +176,45 @@ def test_test_step_reports_student_and_teacher_accuracy():
         predicted = numpy_cosine(x @ w + b, k).argmax(axis=1)
         expected = (predicted[labelled] == batch["label"][labelled]).mean()
         assert logs[name] == pytest.approx(expected)
+
+
+def bn_network(seed):
+    keras.utils.set_random_seed(seed)
+    backbone = keras.Sequential(
+        [
+            keras.Input((SIZE, SIZE, CHANNELS)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(EMBEDDING),
+            keras.layers.BatchNormalization(momentum=0.5),
+        ]
+    )
+    head = layers.ArcFace(CLASSES, scale=SCALE, margin=MARGIN)
+    head.build((None, EMBEDDING))
+    return {"backbone": backbone, "head": head}
+
+
+@pytest.mark.parametrize("statistics", ["ema", "batch"])
+def test_teacher_batch_norm_statistics(statistics):
+    """"ema": teacher statistics = EMA of the student's (teacher in inference mode); "batch": its own."""
+    student, teacher = bn_network(1), bn_network(2)
+    model = MeanTeacher(
+        student, teacher, steps_per_epoch=10, normalization_jitter=0.0, augment_views=False,
+        teacher_statistics=statistics,
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    model.copy_student_to_teacher()
+    old_teacher = [w.numpy().copy() for w in model.teacher_backbone.non_trainable_weights]
+    dense_kernel, dense_bias = (w.numpy().astype(np.float64) for w in model.teacher_backbone.layers[1].weights)
+    batch = make_batch(np.random.default_rng(5))
+    model.train_on_batch(batch, return_dict=True)
+    new_teacher = [w.numpy() for w in model.teacher_backbone.non_trainable_weights]
+    new_student = [w.numpy() for w in model.student_backbone.non_trainable_weights]
+    # The student's statistics moved (its forward pass is in training mode).
+    assert not np.allclose(new_student[0], old_teacher[0])
+    if statistics == "ema":  # step 1: decay 0.5
+        for new, old, s in zip(new_teacher, old_teacher, new_student):
+            np.testing.assert_allclose(new, 0.5 * old + 0.5 * s, rtol=1e-5, atol=1e-6)
+    else:  # momentum 0.5 towards the teacher's own batch of embeddings (unaugmented: same images)
+        x = (batch["image"].astype(np.float64) - batch["mean"][:, None, None, :]) / batch["std"][:, None, None, :]
+        embedding = x.reshape(len(x), -1) @ dense_kernel + dense_bias
+        np.testing.assert_allclose(new_teacher[0], 0.5 * old_teacher[0] + 0.5 * embedding.mean(0), rtol=1e-3, atol=1e-4)
