@@ -12,6 +12,7 @@ import os
 import keras
 import tensorflow as tf
 
+from deepnoise_tf import config as config_lib
 from deepnoise_tf import constants, layers, models, schedules
 from deepnoise_tf.mean_teacher import MeanTeacher
 
@@ -20,6 +21,9 @@ def configure_devices(train_config) -> None:
     """Splits the CPU into logical devices when asked (must run before TensorFlow uses a device)."""
     if train_config.cpu_devices and train_config.cpu_devices > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
+        current = tf.config.get_logical_device_configuration(cpu)
+        if current is not None and len(current) == train_config.cpu_devices:
+            return  # already split (a second training in this process, e.g. the next cell type)
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(train_config.cpu_devices)]
         )
@@ -55,12 +59,10 @@ def build_network(model_config, image_size: int, name: str) -> dict:
         stem=model_config.stem,
         width=model_config.width,
         sync_batch_norm=model_config.sync_batch_norm,
+        batch_norm_momentum=model_config.batch_norm_momentum,
         weights=model_config.imagenet_weights or None,
         name=f"{name}_backbone",
     )
-    for layer in backbone.layers:  # short runs need faster-moving statistics than Keras's 0.99
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = model_config.batch_norm_momentum
     if model_config.head == "arcface":
         head = layers.ArcFace(
             model_config.num_classes,
@@ -74,20 +76,60 @@ def build_network(model_config, image_size: int, name: str) -> dict:
     return {"backbone": backbone, "head": head}
 
 
-def learning_rate_schedule(train_config, steps_per_epoch: int):
-    return schedules.PiecewiseEpochLR(
-        steps_per_epoch=steps_per_epoch,
-        boundaries=tuple(train_config.lr_epoch_boundaries),
-        values=tuple(train_config.learning_rates),
-    )
+def finetune_epoch_scale(config) -> float:
+    """The cycle-length factor r of the one cell type being fine-tuned (SPEC 7)."""
+    cell_types = tuple(config.data.cell_types)
+    if len(cell_types) != 1:
+        raise ValueError(
+            "config.train.optimizer='sgd_cosine' is the per-cell-type fine-tuning stage: "
+            f"config.data.cell_types must name exactly one cell type, got {list(cell_types)}"
+        )
+    scales = dict(config.finetune.cycle_scale)
+    if cell_types[0] not in scales:
+        raise ValueError(f"config.finetune.cycle_scale has no entry for {cell_types[0]!r}: {scales}")
+    return float(scales[cell_types[0]])
 
 
-def build_optimizer(train_config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """AdamW with decoupled weight decay (not on batch-norm or bias parameters)."""
-    optimizer = keras.optimizers.AdamW(
-        learning_rate=learning_rate_schedule(train_config, steps_per_epoch),
-        weight_decay=train_config.weight_decay,
-    )
+def learning_rate_schedule(config, steps_per_epoch: int):
+    """Pretraining: piecewise-constant (`config.train`); fine-tuning: cosine restarts (`config.finetune`)."""
+    optimizer = config.train.optimizer
+    if optimizer == "adamw":
+        return schedules.PiecewiseEpochLR(
+            steps_per_epoch=steps_per_epoch,
+            boundaries=tuple(config.train.lr_epoch_boundaries),
+            values=tuple(config.train.learning_rates),
+        )
+    if optimizer == "sgd_cosine":
+        finetune = config.finetune
+        return schedules.CosineRestartsLR(
+            steps_per_epoch,
+            finetune_epoch_scale(config),
+            initial_learning_rate=finetune.learning_rate,
+            minimum_learning_rate=finetune.min_learning_rate,
+            cycles=finetune.cycles,
+            cycle_epochs=finetune.cycle_epochs,
+            final_learning_rate=finetune.final_learning_rate,
+            final_epochs=finetune.final_epochs,
+        )
+    raise ValueError(f"config.train.optimizer={optimizer!r} is not one of {list(config_lib.OPTIMIZERS)}")
+
+
+def build_optimizer(config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """`config.train.optimizer`: "adamw" (pretraining) or "sgd_cosine" (per-cell-type fine-tuning).
+
+    Weight decay is decoupled (lr * wd * w per step; for SGD without momentum the same as PyTorch's
+    L2 term) and skips batch-norm and bias parameters in both stages.
+    """
+    schedule = learning_rate_schedule(config, steps_per_epoch)
+    if config.train.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.train.weight_decay)
+    else:
+        optimizer = keras.optimizers.SGD(
+            learning_rate=schedule,
+            momentum=config.finetune.momentum,
+            nesterov=config.finetune.nesterov,
+            weight_decay=config.finetune.weight_decay,
+        )
     optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     return optimizer
 
@@ -110,12 +152,14 @@ def build_model(config, steps_per_epoch: int) -> MeanTeacher:
         ema_epoch_boundaries=tuple(mean_teacher.ema_epoch_boundaries),
         pseudo_label_weight=mean_teacher.pseudo_label_weight,
         normalization_jitter=config.data.normalization_jitter,
+        # .get: config.json files written before the field existed get the default
+        teacher_statistics=mean_teacher.get("teacher_statistics", "ema"),
         seed=config.train.seed,
     )
     if teacher is not None:
         model.copy_student_to_teacher()
     model.compile(
-        optimizer=build_optimizer(config.train, steps_per_epoch),
+        optimizer=build_optimizer(config, steps_per_epoch),
         jit_compile=config.train.jit_compile,
     )
     return model

@@ -9,6 +9,7 @@ Rerunning the same command resumes from the last finished epoch.
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import math
@@ -17,12 +18,19 @@ import sys
 
 from deepnoise_tf import config as config_lib
 
+DONE_FILE = "train_done.json"  # written last: the run finished, checkpoints and export are complete
 
-def parse_command_line(argv):
-    """`--config FILE[:variant]`, `--workdir DIR` and any number of `--config.path=value`."""
-    parser = argparse.ArgumentParser(prog="python -m deepnoise_tf.train", description=__doc__.split("\n")[0])
+
+def config_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The `--config FILE[:variant]` and `--workdir DIR` arguments shared by the training CLIs."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", required=True, help="configs/<name>.py[:variant]")
     parser.add_argument("--workdir", required=True, help="where checkpoints, logs and the export go")
+    return parser
+
+
+def parse_config_arguments(parser: argparse.ArgumentParser, argv):
+    """(parsed arguments, validated config): the parser's own arguments plus `--config.path=value`s."""
     known, rest = parser.parse_known_args(argv)
     overrides = {}
     for argument in rest:
@@ -32,6 +40,13 @@ def parse_command_line(argv):
         overrides[path] = value
     config = config_lib.load(known.config)
     config = config_lib.validate(config_lib.apply_overrides(config, overrides))
+    return known, config
+
+
+def parse_command_line(argv):
+    """`--config FILE[:variant]`, `--workdir DIR` and any number of `--config.path=value`."""
+    parser = config_parser("python -m deepnoise_tf.train", __doc__.split("\n")[0])
+    known, config = parse_config_arguments(parser, argv)
     return config, os.path.abspath(known.workdir)
 
 
@@ -84,8 +99,35 @@ def steps_per_epoch(config, index, num_replicas: int) -> int:
     return max(1, math.ceil(index.labelled_wells / per_batch))
 
 
-def train(config, workdir: str, *, pseudo_labels=None, initial_weights: str | None = None):
-    """Runs training for `config` in `workdir`; returns the trained wrapper and the fit history."""
+def best_score_so_far(metrics_path: str, monitor: str) -> float | None:
+    """The best `monitor` value logged before an interruption, so a resumed run keeps the old best."""
+    if not os.path.exists(metrics_path):
+        return None
+    with open(metrics_path, newline="") as file:
+        values = [row.get(monitor) for row in csv.DictReader(file)]
+    scores = [float(value) for value in values if value not in (None, "")]
+    scores = [score for score in scores if math.isfinite(score)]
+    return max(scores) if scores else None
+
+
+def train(
+    config,
+    workdir: str,
+    *,
+    pseudo_labels=None,
+    initial_weights: str | None = None,
+    initial_backbone: str | None = None,
+):
+    """Runs training for `config` in `workdir`; returns the trained wrapper and the fit history.
+
+    Args:
+      pseudo_labels: optional (id_codes, labels) for the unlabelled wells (SPEC 5).
+      initial_weights: a `.weights.h5` of the whole wrapper to start from.
+      initial_backbone: a `.weights.h5` of one backbone (the pretrained inference backbone), loaded
+        into the student and the teacher while the heads keep their fresh initialization: the start
+        of per-cell-type fine-tuning (SPEC 7).
+    Either start is overridden by `backup/` when the run resumes after an interruption.
+    """
     import keras
     import tensorflow as tf
 
@@ -110,8 +152,14 @@ def train(config, workdir: str, *, pseudo_labels=None, initial_weights: str | No
     )
     with strategy.scope():
         model = factory.build_model(config, steps)
+        if initial_weights and initial_backbone:
+            raise ValueError("pass initial_weights or initial_backbone, not both")
         if initial_weights:
             model.load_weights(initial_weights)
+        if initial_backbone:
+            model.student_backbone.load_weights(initial_backbone)
+            if model.has_teacher:
+                model.copy_student_to_teacher()  # the teacher head too: both start from one fresh head
 
     table = None
     if pseudo_labels is not None:
@@ -127,20 +175,33 @@ def train(config, workdir: str, *, pseudo_labels=None, initial_weights: str | No
         )
 
     monitor = "val_teacher_accuracy" if config.mean_teacher.enabled else "val_student_accuracy"
+    metrics_path = os.path.join(outdir, "metrics.csv")
+    # Order matters after a kill: a backup of epoch k is written before epoch k's best checkpoint
+    # and its metrics.csv row, so the csv never repeats an epoch and every logged score that beat
+    # the best has its weights on disk.
+    # double_checkpoint: a kill while the backup is being written falls back to the previous one.
     callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(outdir, "backup")),
+        keras.callbacks.BackupAndRestore(os.path.join(outdir, "backup"), double_checkpoint=True),
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.CSVLogger(os.path.join(outdir, "metrics.csv"), append=True),
-        keras.callbacks.TensorBoard(os.path.join(outdir, "tensorboard"), write_graph=False),
     ]
     best_path = os.path.join(outdir, "checkpoints", "best.weights.h5")
     if validation is not None:
         os.makedirs(os.path.dirname(best_path), exist_ok=True)
+        best_so_far = best_score_so_far(metrics_path, monitor) if os.path.exists(best_path) else None
         callbacks.append(
             keras.callbacks.ModelCheckpoint(
-                best_path, monitor=monitor, mode="max", save_best_only=True, save_weights_only=True
+                best_path,
+                monitor=monitor,
+                mode="max",
+                save_best_only=True,
+                save_weights_only=True,
+                initial_value_threshold=best_so_far,
             )
         )
+    callbacks += [
+        keras.callbacks.CSVLogger(metrics_path, append=True),
+        keras.callbacks.TensorBoard(os.path.join(outdir, "tensorboard"), write_graph=False),
+    ]
     history = model.fit(
         train_data,
         epochs=config.train.epochs,
@@ -163,11 +224,19 @@ def train(config, workdir: str, *, pseudo_labels=None, initial_weights: str | No
             normalization=config.data.normalization,
         )
         print(f"[deepnoise] exported SavedModel to {os.path.join(outdir, 'export')}", flush=True)
+    with open(os.path.join(outdir, DONE_FILE), "w") as file:
+        json.dump({"epochs": config.train.epochs, "best_checkpoint": os.path.exists(best_path)}, file)
     return model, history
 
 
 def main(argv=None):
     config, workdir = parse_command_line(sys.argv[1:] if argv is None else argv)
+    done = os.path.join(workdir, DONE_FILE)
+    if os.path.exists(done):
+        # Keras deletes backup/ once fit() ends: without this a rerun would train again from epoch 0.
+        print(f"[deepnoise] {workdir} holds a finished run ({done}); nothing to do. "
+              "Use another --workdir, or delete that file to train again.", flush=True)
+        return
     train(config, workdir)
 
 
