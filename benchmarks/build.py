@@ -14,15 +14,13 @@ import argparse
 import datetime
 import json
 import pathlib
-import platform
 import resource
-import shlex
 import subprocess
 import sys
 import tempfile
 import time
 
-REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
+import _report
 
 
 def _peak_rss_mib() -> float:
@@ -78,7 +76,7 @@ def main(argv=None) -> None:
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--sirnas-per-group", type=int, default=8)
     parser.add_argument("--configs", default="native,native_zlib")
-    parser.add_argument("--output", default=str(REPOSITORY / "BENCHMARKS.md"))
+    _report.add_output_arguments(parser)
     parser.add_argument(
         "--shuffle-buffer-mib", type=int, default=0, help="cap TFDS's in-memory shuffle (0: 1 GiB)"
     )
@@ -120,7 +118,10 @@ def main(argv=None) -> None:
                     raise RuntimeError(f"build failed: {result.stderr[-3000:]}")
                 measured = json.loads(result.stdout.strip().splitlines()[-1])
                 measured.update(
-                    experiments=experiments, config=config, generate_seconds=generate_seconds
+                    experiments=experiments,
+                    config=config,
+                    generate_seconds=generate_seconds,
+                    load=_report.load_average(),
                 )
                 rows.append(measured)
                 print(
@@ -130,40 +131,41 @@ def main(argv=None) -> None:
                     flush=True,
                 )
     header = (
-        "| experiments | sites | config | build sites/s | peak RSS MiB (after imports) | "
-        "MiB/site on disk | read images/s |\n|---|---|---|---|---|---|---|\n"
+        "experiments", "sites", "config", "build sites/s", "peak RSS MiB (after imports)",
+        "MiB/site on disk", "read images/s", "load",
+    )  # fmt: skip
+    body = _report.table(
+        header,
+        [
+            (
+                r["experiments"],
+                r["sites"],
+                r["config"],
+                f"{r['sites'] / r['build_seconds']:.1f}",
+                f"{r['rss_build_mib']:.0f} ({r['rss_before_mib']:.0f})",
+                f"{r['record_bytes'] / r['sites'] / 2**20:.3f}",
+                f"{r['read_images_per_second']:.0f}",
+                r["load"],
+            )
+            for r in rows
+        ],
     )
-    table = header + "".join(
-        f"| {r['experiments']} | {r['sites']} | {r['config']} | {r['sites'] / r['build_seconds']:.1f} | "
-        f"{r['rss_build_mib']:.0f} ({r['rss_before_mib']:.0f}) | "
-        f"{r['record_bytes'] / r['sites'] / 2**20:.3f} | {r['read_images_per_second']:.0f} |\n"
-        for r in rows
+    bullets = [
+        f"- images {arguments.image_size}x{arguments.image_size}x6, synthetic release layout, "
+        f"{arguments.sirnas_per_group} siRNAs per group; TFDS shuffle buffer "
+        f"{arguments.shuffle_buffer_mib or 1024} MiB; load = 1/5/15-min load average after the build",
+    ]
+    title = (
+        "rxrx1 build: throughput and peak memory vs data set size "
+        f"({datetime.date.today().isoformat()})"
     )
-    command = "python benchmarks/build.py " + " ".join(
-        shlex.quote(a) for a in (argv or sys.argv[1:])
-    )
-    section = (
-        f"\n## rxrx1 build: throughput and peak memory vs data set size "
-        f"({datetime.date.today().isoformat()})\n\n"
-        f"Machine: `{platform.machine()}`, {_cpu_count()} CPUs. Images {arguments.image_size}x"
-        f"{arguments.image_size}x6, synthetic release layout, {arguments.sirnas_per_group} siRNAs per "
-        f"group. TFDS shuffle buffer: "
-        f"{arguments.shuffle_buffer_mib or 1024} MiB. Command: `{command.strip()}`\n\n{table}"
-    )
-    with open(arguments.output, "a") as handle:
-        handle.write(section)
+    _report.publish(arguments, title, bullets, body, script=__file__, argv=argv)
     peaks = [r["rss_build_mib"] for r in rows]
     print(
         f"summary: {len(rows)} builds, {min(r['sites'] / r['build_seconds'] for r in rows):.1f}-"
         f"{max(r['sites'] / r['build_seconds'] for r in rows):.1f} sites/s, peak RSS "
-        f"{min(peaks):.0f}-{max(peaks):.0f} MiB; appended to {arguments.output}"
+        f"{min(peaks):.0f}-{max(peaks):.0f} MiB"
     )
-
-
-def _cpu_count() -> int:
-    import os
-
-    return os.cpu_count() or 1
 
 
 if __name__ == "__main__":

@@ -13,24 +13,19 @@ views stacked into one signature call). Images/s counts sites: with TTA each sit
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.util
 import os
-import platform
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import _report
 import keras
 import numpy as np
 import tensorflow as tf
 
 from deepnoise_tf import config as config_lib
 from deepnoise_tf import constants, export, factory, postprocess, predict
-
-DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 
 
 def build_export(backbone: str, size: int, width: float, directory: str) -> str:
@@ -104,12 +99,12 @@ def main(argv=None):
     parser.add_argument(
         "--methods", default="assign,balance", help="post-processing methods to time"
     )
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    parser.add_argument("--no-append", action="store_true", help="print only")
+    _report.add_output_arguments(parser)
     args = parser.parse_args(argv)
     batch_sizes = [int(value) for value in args.batch_sizes.split(",")]
     methods = [value for value in args.methods.split(",") if value]
     started = time.perf_counter()
+    load = _report.load_average()
 
     rows = []
     with tempfile.TemporaryDirectory() as directory:
@@ -134,39 +129,37 @@ def main(argv=None):
         f"{args.experiments}x4x277 wells: "
         + ", ".join(f"{name} {seconds:.2f}s" for name, seconds, _ in post[1:])
     )
-    if not args.no_append:
-        now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-        wells = args.experiments * constants.PLATES_PER_EXPERIMENT * constants.SIRNAS_PER_PLATE
-        section = [
-            f"\n## SavedModel inference and post-processing, benchmarks/inference.py ({now})\n",
-            f"- machine: {platform.node() or 'unknown'}, {platform.machine()}, {os.cpu_count()} logical "
-            f"CPUs; Python {platform.python_version()}, TensorFlow {tf.__version__}, "
-            f"Keras {keras.__version__}, numpy {np.__version__}",
-            f"- devices: {', '.join(device.name for device in tf.config.list_logical_devices())}",
-            f"- command: `{shlex.join(['python', 'benchmarks/' + Path(__file__).name, *sys.argv[1:]])}`",
-            f"- model: untrained {args.backbone}, {args.size}x{args.size}x6 input, width {args.width}, "
-            f"float32; {args.steps} timed calls per row after one warm-up call ('first' includes "
-            f"tracing); sites/s with TTA counts sites (8 views each); total wall time {total:.0f} s",
-            "",
-            "| batch | sites/s | TTA sites/s | first call s | first TTA call s |",
-            "|---|---|---|---|---|",
-            *[
-                f"| {batch} | {plain:.1f} | {views:.1f} | {first:.2f} | {views_first:.2f} |"
-                for batch, plain, views, first, views_first in rows
-            ],
-            "",
-            f"Post-processing of {args.experiments} experiments x 4 plates x 277 wells "
-            f"({wells} wells) x {constants.NUM_SIRNAS} siRNAs, synthetic log-probs of "
-            "benchmarks/postprocess.py, plate restriction on, rotation inferred:",
-            "",
-            "| step | seconds | accuracy |",
-            "|---|---|---|",
-            *[f"| {name} | {seconds:.2f} | {accuracy:.4f} |" for name, seconds, accuracy in post],
-            "",
-        ]
-        with open(args.output, "a", encoding="utf-8") as handle:
-            handle.write("\n".join(section))
-        print(f"appended to {args.output}")
+    wells = args.experiments * constants.PLATES_PER_EXPERIMENT * constants.SIRNAS_PER_PLATE
+    bullets = [
+        f"- devices: {', '.join(device.name for device in tf.config.list_logical_devices())}",
+        f"- load average {load} (1/5/15 min, at start; 2 shared cores)",
+        f"- model: untrained {args.backbone}, {args.size}x{args.size}x6 input, width {args.width}, "
+        f"float32; {args.steps} timed calls per row after one warm-up call ('first' includes "
+        f"tracing); sites/s with TTA counts sites (8 views each); total wall time {total:.0f} s",
+    ]
+    body = _report.table(
+        ("batch", "sites/s", "TTA sites/s", "first call s", "first TTA call s"),
+        [
+            (batch, f"{plain:.1f}", f"{views:.1f}", f"{first:.2f}", f"{views_first:.2f}")
+            for batch, plain, views, first, views_first in rows
+        ],
+    )
+    body += [
+        "",
+        f"Post-processing of {args.experiments} experiments x 4 plates x 277 wells "
+        f"({wells} wells) x {constants.NUM_SIRNAS} siRNAs, synthetic log-probs of "
+        "benchmarks/postprocess.py, plate restriction on, rotation inferred:",
+        "",
+        *_report.table(
+            ("step", "seconds", "accuracy"),
+            [(name, f"{seconds:.2f}", f"{accuracy:.4f}") for name, seconds, accuracy in post],
+        ),
+    ]
+    title = (
+        f"SavedModel inference and post-processing, benchmarks/inference.py ({_report.timestamp()})"
+    )
+    versions = {"TensorFlow": tf.__version__, "Keras": keras.__version__, "numpy": np.__version__}
+    _report.publish(args, title, bullets, body, script=__file__, argv=argv, versions=versions)
     print(summary)
 
 

@@ -17,21 +17,16 @@ Prints one line per configuration and a summary line, and appends a section to B
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
 import os
-import platform
-import shlex
-import sys
 import time
-from pathlib import Path
 
+import _report
 import keras
 import numpy as np
 
 from deepnoise_tf import constants, models
 
-DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 LEARNING_RATE = 1e-3
 
 
@@ -50,16 +45,7 @@ def device_name() -> str:
         if gpus:
             details = tf.config.experimental.get_device_details(gpus[0])
             return f"{details.get('device_name', 'GPU')} (gpu)"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs (cpu)"
+    return f"{_report.cpu_name()}, {os.cpu_count()} logical CPUs (cpu)"
 
 
 def has_accelerator() -> bool:
@@ -135,22 +121,8 @@ def _jax_steps(model, images, targets):
     return run_forward, run_train
 
 
-def measure(step, steps: int, warmup: int) -> tuple[float, float]:
-    """(seconds of the first call, which includes tracing/compilation; seconds per later call)."""
-    start = time.perf_counter()
-    step()
-    first = time.perf_counter() - start
-    for _ in range(max(warmup - 1, 0)):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return first, (time.perf_counter() - start) / steps
-
-
-def benchmark_one(
-    architecture, size, width, batch, precision, xla, steps, warmup, sync_batch_norm, seed=0
-):
+def build_steps(architecture, size, width, batch, precision, xla, sync_batch_norm, seed=0):
+    """(backbone, forward(), train()) on fixed random images: the two callables that are timed."""
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(precision)
     try:
@@ -166,11 +138,36 @@ def benchmark_one(
     images = rng.normal(size=(batch, size, size, constants.NUM_CHANNELS)).astype("float32")
     targets = rng.normal(size=(batch, models.embedding_dim(model))).astype("float32")
     if keras.backend.backend() == "jax":
-        forward, train = _jax_steps(model, images, targets)
-    else:
-        forward, train = _tensorflow_steps(model, images, targets, xla)
-    forward_first, forward_seconds = measure(forward, steps, warmup)
-    train_first, train_seconds = measure(train, steps, warmup)
+        return (model, *_jax_steps(model, images, targets))
+    return (model, *_tensorflow_steps(model, images, targets, xla))
+
+
+def serve(model, forward, train) -> None:
+    """Times one call per stdin line ("forward" or "train"), printing its seconds; until EOF.
+
+    For benchmarks/torch_step.py, which alternates single steps of this process and of PyTorch
+    so that both see the same share of a busy machine.
+    """
+    import sys
+
+    trainable = sum(int(np.prod(variable.shape)) for variable in model.trainable_weights)
+    print(f"ready params_m={trainable / 1e6:.4f}", flush=True)  # trainable, as torch counts
+    calls = {"forward": forward, "train": train}
+    for line in sys.stdin:
+        call = calls[line.strip()]
+        start = time.perf_counter()
+        call()
+        print(f"{time.perf_counter() - start:.6f}", flush=True)
+
+
+def benchmark_one(
+    architecture, size, width, batch, precision, xla, steps, warmup, sync_batch_norm, seed=0
+):
+    model, forward, train = build_steps(
+        architecture, size, width, batch, precision, xla, sync_batch_norm, seed
+    )
+    forward_first, forward_seconds = _report.time_calls(forward, steps, warmup)
+    train_first, train_seconds = _report.time_calls(train, steps, warmup)
     return {
         "architecture": architecture,
         "size": size,
@@ -183,6 +180,7 @@ def benchmark_one(
         "train_images_per_s": batch / train_seconds,
         "forward_first_call_s": forward_first,
         "train_first_call_s": train_first,
+        "load": _report.load_average(),
     }
 
 
@@ -209,36 +207,41 @@ def resolve_xla(names: list[str]) -> list[bool]:
     return list(dict.fromkeys(name in ("on", "true", "1") for name in names))
 
 
-def markdown_section(rows, command, total_seconds, sync_batch_norm) -> str:
-    header = (
-        "| backbone | size | width | batch | precision | XLA | params (M) | forward img/s "
-        "| train img/s | first forward s | first train s |"
-    )
-    lines = [
-        f"## Backbone throughput, benchmarks/model.py "
-        f"({datetime.datetime.now().strftime('%Y-%m-%d %H:%M')})",
-        "",
-        f"- machine: {platform.node() or 'unknown'}, {platform.machine()}, "
-        f"{os.cpu_count()} logical CPUs; Python {platform.python_version()}, "
-        f"Keras {keras.__version__}, numpy {np.__version__}",
+def section(rows, total_seconds, sync_batch_norm) -> tuple[str, list[str], list[str]]:
+    """(title, bullets, table) of the BENCHMARKS.md section."""
+    synchronized = sync_batch_norm and keras.backend.backend() == "tensorflow"
+    bullets = [
         f"- backend: {keras.backend.backend()} {_backend_version()}",
         f"- device: {device_name()}",
-        f"- command: `{command}`",
         f"- total wall time: {total_seconds:.0f} s; 'first' columns include tracing and "
         "compilation; train = forward + backward + SGD update, no head; synchronized batch "
-        f"norm: {'on' if sync_batch_norm and keras.backend.backend() == 'tensorflow' else 'off'}",
-        "",
-        header,
-        "|" + "---|" * (header.count("|") - 1),
+        f"norm: {'on' if synchronized else 'off'}; load = 1/5/15-min load average after the row",
     ]
-    for row in rows:
-        lines.append(
-            f"| {row['architecture']} | {row['size']} | {row['width']:g} | {row['batch']} "
-            f"| {row['precision']} | {row['xla']} | {row['params_m']:.2f} "
-            f"| {row['forward_images_per_s']:.1f} | {row['train_images_per_s']:.1f} "
-            f"| {row['forward_first_call_s']:.1f} | {row['train_first_call_s']:.1f} |"
-        )
-    return "\n".join(lines) + "\n"
+    header = (
+        "backbone", "size", "width", "batch", "precision", "XLA", "params (M)", "forward img/s",
+        "train img/s", "first forward s", "first train s", "load",
+    )  # fmt: skip
+    body = _report.table(
+        header,
+        [
+            (
+                row["architecture"],
+                row["size"],
+                f"{row['width']:g}",
+                row["batch"],
+                row["precision"],
+                row["xla"],
+                f"{row['params_m']:.2f}",
+                f"{row['forward_images_per_s']:.1f}",
+                f"{row['train_images_per_s']:.1f}",
+                f"{row['forward_first_call_s']:.1f}",
+                f"{row['train_first_call_s']:.1f}",
+                row["load"],
+            )
+            for row in rows
+        ],
+    )
+    return f"Backbone throughput, benchmarks/model.py ({_report.timestamp()})", bullets, body
 
 
 def _backend_version() -> str:
@@ -275,19 +278,38 @@ def main(argv=None):
         default="on",
         help="models.xception(sync_batch_norm=...), on as in training (TensorFlow only)",
     )
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    parser.add_argument("--no_append", action="store_true", help="print only")
-    arguments = parser.parse_args(argv)
-
-    command = shlex.join(
-        (
-            [f"KERAS_BACKEND={keras.backend.backend()}"]
-            if keras.backend.backend() != "tensorflow"
-            else []
-        )
-        + ["python", "benchmarks/model.py", *(sys.argv[1:] if argv is None else argv)]
+    parser.add_argument(
+        "--intra_op_threads", type=int, default=0, help="TensorFlow's pools; 0 = its default"
     )
+    parser.add_argument("--inter_op_threads", type=int, default=0)
+    _report.add_output_arguments(parser)
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="build the first setting, then time one call per stdin line (see `serve`)",
+    )
+    arguments = parser.parse_args(argv)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # Before the first op: the pools are fixed once TensorFlow starts executing.
+        tf.config.threading.set_intra_op_parallelism_threads(arguments.intra_op_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(arguments.inter_op_threads)
+
     print(f"backend={keras.backend.backend()} device={device_name()!r}", flush=True)
+    if arguments.serve:
+        serve(
+            *build_steps(
+                arguments.architectures[0],
+                arguments.sizes[0],
+                arguments.widths[0],
+                arguments.batch,
+                resolve_precisions(arguments.mixed_precision)[0],
+                resolve_xla(arguments.xla)[0],
+                arguments.sync_batch_norm == "on",
+            )
+        )
+        return
     start = time.perf_counter()
     rows = []
     for architecture, size, width, precision, xla in itertools.product(
@@ -330,12 +352,20 @@ def main(argv=None):
         f"{best['precision']} xla={best['xla']})",
         flush=True,
     )
-    if not arguments.no_append:
-        with open(arguments.output, "a") as output:
-            output.write(
-                "\n" + markdown_section(rows, command, total, arguments.sync_batch_norm == "on")
-            )
-        print(f"appended to {arguments.output}")
+    backend = keras.backend.backend()
+    prefix = [f"KERAS_BACKEND={backend}"] if backend != "tensorflow" else []
+    title, bullets, body = section(rows, total, arguments.sync_batch_norm == "on")
+    versions = {"Keras": keras.__version__, "numpy": np.__version__}
+    _report.publish(
+        arguments,
+        title,
+        bullets,
+        body,
+        script=__file__,
+        argv=argv,
+        versions=versions,
+        prefix=prefix,
+    )
 
 
 if __name__ == "__main__":

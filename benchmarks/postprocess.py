@@ -13,22 +13,15 @@ and on (the plate's 277), and ``postprocess_predictions`` end to end (rotation i
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
-import shlex
-import sys
 import time
-from pathlib import Path
 
+import _report
 import numpy as np
 import pandas as pd
 import scipy
 
 from deepnoise_tf import postprocess
 from deepnoise_tf.constants import NUM_PLATE_GROUPS, NUM_SIRNAS, SIRNAS_PER_PLATE
-
-DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 
 
 def synthetic_test_set(rng, num_experiments, signal, scale):
@@ -66,8 +59,7 @@ def main(argv=None):
     parser.add_argument("--signal", type=float, default=4.0, help="logit bonus of the true siRNA")
     parser.add_argument("--scale", type=float, default=5.0, help="logit scale (temperature)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    parser.add_argument("--no-append", action="store_true", help="print only")
+    _report.add_output_arguments(parser)
     args = parser.parse_args(argv)
 
     rng = np.random.default_rng(args.seed)
@@ -93,6 +85,7 @@ def main(argv=None):
     print(f"{len(table)} wells, {num_plates} plates, {NUM_SIRNAS} classes", flush=True)
 
     results = {}
+    load = _report.load_average()
     accuracies = {"argmax": float(np.mean(np.argmax(log_probs, axis=1) == truth))}
     for name, function, plates in [
         ("assign, all 1108 classes", postprocess.assign, unrestricted),
@@ -115,8 +108,8 @@ def main(argv=None):
     accuracies[name] = float(np.mean(prediction == truth))
     print(f"{name}: {results[name]:.2f} s, accuracy {accuracies[name]:.4f}", flush=True)
 
-    lines = [
-        f"| {name} | {seconds:.2f} | {1e3 * seconds / num_plates:.1f} | {accuracies[name]:.4f} |"
+    rows = [
+        (name, f"{seconds:.2f}", f"{1e3 * seconds / num_plates:.1f}", f"{accuracies[name]:.4f}")
         for name, seconds in results.items()
     ]
     summary = (
@@ -124,27 +117,16 @@ def main(argv=None):
         + ", ".join(f"{name} {seconds:.2f}s" for name, seconds in results.items())
         + f" (argmax accuracy {accuracies['argmax']:.4f})"
     )
-    if not args.no_append:
-        section = [
-            f"\n## Post-processing ({datetime.date.today().isoformat()})\n",
-            f"- machine: {platform.node() or 'unknown'}, {platform.processor() or platform.machine()}, "
-            f"{os.cpu_count()} logical CPUs; Python {platform.python_version()}, "
-            f"numpy {np.__version__}, scipy {scipy.__version__}",
-            f"- command: `{shlex.join(['python', 'benchmarks/' + Path(__file__).name, *sys.argv[1:]])}`",
-            f"- data: {args.experiments} experiments x 4 plates x 277 wells x {NUM_SIRNAS} classes, "
-            f"synthetic log-probs (true-siRNA bonus {args.signal}, scale {args.scale}, seed {args.seed}); "
-            f"argmax accuracy {accuracies['argmax']:.4f}",
-            "",
-            "| step | total s | ms/plate | accuracy |",
-            "|---|---|---|---|",
-            *lines,
-            "",
-        ]
-        if not args.output.exists():
-            section.insert(0, "# Benchmarks\n")
-        with open(args.output, "a", encoding="utf-8") as handle:
-            handle.write("\n".join(section))
-        print(f"appended to {args.output}")
+    bullets = [
+        f"- load average {load} (1/5/15 min, at start; 2 shared cores)",
+        f"- data: {args.experiments} experiments x 4 plates x 277 wells x {NUM_SIRNAS} classes, "
+        f"synthetic log-probs (true-siRNA bonus {args.signal}, scale {args.scale}, seed {args.seed}); "
+        f"argmax accuracy {accuracies['argmax']:.4f}",
+    ]
+    body = _report.table(("step", "total s", "ms/plate", "accuracy"), rows)
+    title = f"Post-processing ({_report.timestamp()})"
+    versions = {"numpy": np.__version__, "scipy": scipy.__version__}
+    _report.publish(args, title, bullets, body, script=__file__, argv=argv, versions=versions)
     print(summary)
 
 

@@ -24,22 +24,13 @@ from deepnoise_tf import predict
 FORMATS = (".npz", ".parquet")
 
 
-def well_embeddings(
-    model,
-    data_dir: str,
-    *,
-    builder: str = "rxrx1/native",
-    split: str = "test",
-    tta: bool = False,
-    batch_size: int = 64,
-    progress: bool = True,
-) -> tuple[pd.DataFrame, np.ndarray]:
-    """`(wells, embeddings)`: one row per well (`predict.WELL_COLUMNS`) and float32 unit `[W, D]`."""
-    export = model if isinstance(model, predict.LoadedExport) else predict.load_export(model)
-    dataset = predict.site_dataset(data_dir, builder, split, export.normalization, batch_size)
-    total = predict.site_count(data_dir, builder, split)
-    sites, _, site_embeddings = predict.predict_sites(
-        export, dataset, tta=tta, progress=progress, total=total, with_embeddings=True
+def well_embeddings(model, data_dir: str, **options) -> tuple[pd.DataFrame, np.ndarray]:
+    """`(wells, embeddings)`: one row per well (`predict.WELL_COLUMNS`) and float32 unit `[W, D]`.
+
+    `options`: `predict.predict_split_sites`'s keywords (builder, split, tta, batch_size, progress).
+    """
+    sites, _, site_embeddings = predict.predict_split_sites(
+        model, data_dir, with_embeddings=True, **options
     )
     wells, mean_embeddings = predict.aggregate_wells(sites, site_embeddings)
     norms = np.linalg.norm(mean_embeddings, axis=1, keepdims=True)
@@ -71,25 +62,13 @@ def main(argv=None) -> pathlib.Path:
     parser = argparse.ArgumentParser(
         prog="python -m deepnoise_tf.embed", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--model", required=True, help="SavedModel directory")
-    parser.add_argument("--data_dir", required=True, help="TFDS data dir holding rxrx1")
-    parser.add_argument("--builder", default="rxrx1/native")
-    parser.add_argument("--split", default="test")
+    predict.add_split_arguments(parser)
     parser.add_argument("--output", required=True, help="wells.npz or wells.parquet")
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False)
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     arguments = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if pathlib.Path(arguments.output).suffix not in FORMATS:
         parser.error(f"--output must end in one of {FORMATS}")
     wells, embeddings = well_embeddings(
-        arguments.model,
-        arguments.data_dir,
-        builder=arguments.builder,
-        split=arguments.split,
-        tta=arguments.tta,
-        batch_size=arguments.batch_size,
-        progress=arguments.progress,
+        arguments.model, arguments.data_dir, **predict.split_options(arguments)
     )
     path = write_embeddings(wells, embeddings, arguments.output)
     print(f"[deepnoise] wrote {len(wells)} well embeddings of size {embeddings.shape[1]} to {path}")

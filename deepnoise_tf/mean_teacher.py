@@ -206,6 +206,18 @@ class MeanTeacher(keras.Model):
         n_rows = _global_sum(tf.cast(batch, tf.float32))
         epoch = self._epoch()
 
+        if self.has_teacher:
+            # Outside the tape, so that none of the teacher's activations are kept for the backward pass.
+            # "ema": the teacher's batch-norm statistics are the EMA of the student's, so it runs in
+            # inference mode, exactly as it is evaluated; "batch": it normalises with the hard view's
+            # batch statistics and keeps its own moving averages (Tarvainen & Valpola).
+            hard = augment.hard_view(images, seed_hard) if self.augment_views else images
+            teacher_training = self.teacher_statistics == "batch"
+            teacher_logits = self.teacher_head(
+                self.teacher_backbone(hard, training=teacher_training), training=teacher_training
+            )
+            teacher_logits = tf.stop_gradient(teacher_logits)
+
         with tf.GradientTape() as tape:
             normal = augment.normal_view(images, seed_normal) if self.augment_views else images
             embedding = self.student_backbone(normal, training=True)
@@ -217,16 +229,7 @@ class MeanTeacher(keras.Model):
             total = classification
             if self.has_teacher:
                 easy = augment.easy_view(images, seed_easy) if self.augment_views else images
-                hard = augment.hard_view(images, seed_hard) if self.augment_views else images
                 student_logits = self.student_head(self.student_backbone(easy, training=True), training=True)
-                # "ema": the teacher's batch-norm statistics are the EMA of the student's, so it runs in
-                # inference mode, exactly as it is evaluated; "batch": it normalises with the hard view's
-                # batch statistics and keeps its own moving averages (Tarvainen & Valpola).
-                teacher_training = self.teacher_statistics == "batch"
-                teacher_logits = self.teacher_head(
-                    self.teacher_backbone(hard, training=teacher_training), training=teacher_training
-                )
-                teacher_logits = tf.stop_gradient(teacher_logits)
                 consistency = tf.reduce_sum(losses.consistency_loss(student_logits, teacher_logits)) / n_rows
                 weight = schedules.consistency_weight(epoch, self.consistency_weight, self.rampup_epochs)
                 pseudo = tf.reduce_sum(losses.pseudo_label_loss(pseudo_labels, student_logits)) / tf.maximum(

@@ -241,7 +241,7 @@ def aggregate_wells(
     return table, values
 
 
-def split_well_logits(
+def predict_split_sites(
     model: str | LoadedExport,
     data_dir: str,
     *,
@@ -250,12 +250,29 @@ def split_well_logits(
     tta: bool = False,
     batch_size: int = 64,
     progress: bool = True,
-) -> tuple[pd.DataFrame, np.ndarray]:
-    """Every well of `split` (`WELL_COLUMNS`, controls included) and its site-averaged logits [W, 1139]."""
+    with_embeddings: bool = False,
+):
+    """`predict_sites` over every site of a TFDS split, loading the export when given a path.
+
+    The one place that pairs an export with its data (its normalization picks the statistics read,
+    the split's size sizes the progress bar), shared by the well-level predict and embed commands.
+    """
     export = model if isinstance(model, LoadedExport) else load_export(model)
     dataset = site_dataset(data_dir, builder, split, export.normalization, batch_size)
     total = site_count(data_dir, builder, split)
-    sites, site_logits, _ = predict_sites(export, dataset, tta=tta, progress=progress, total=total)
+    return predict_sites(
+        export, dataset, tta=tta, progress=progress, total=total, with_embeddings=with_embeddings
+    )
+
+
+def split_well_logits(
+    model: str | LoadedExport, data_dir: str, **options
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Every well of `split` (`WELL_COLUMNS`, controls included) and its site-averaged logits [W, 1139].
+
+    `options`: `predict_split_sites`'s keywords (builder, split, tta, batch_size, progress).
+    """
+    sites, site_logits, _ = predict_split_sites(model, data_dir, **options)
     return aggregate_wells(sites, site_logits)
 
 
@@ -312,13 +329,14 @@ def predict_wells(
 def accuracy_report(wells: pd.DataFrame, method: str) -> pd.DataFrame | None:
     """Accuracy per cell type and overall, before (`raw`) and after post-processing (`method`).
 
+    The stage of `method="none"` is called `plate_group`: the argmax within the plate's siRNA group.
     Returns None when no well has a known label.
     """
     labels = wells["label"].to_numpy()
     if not (labels != constants.UNKNOWN_LABEL).any():
         return None
     tables = []
-    for stage, column in (("raw", "raw_prediction"), (method, "sirna")):
+    for stage, column in (("raw", "raw_prediction"), (method if method != "none" else "plate_group", "sirna")):
         table = metrics.accuracy_table(
             labels, wells[column].to_numpy(), wells["cell_type"].to_numpy()
         )
@@ -344,22 +362,33 @@ def accuracy_path(output: str | pathlib.Path) -> pathlib.Path:
 # Command line
 
 
-def parse_arguments(argv):
-    parser = argparse.ArgumentParser(
-        prog="python -m deepnoise_tf.predict", description=__doc__.split("\n")[0]
-    )
+def add_split_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every command that runs an export over a split shares (`split_options` reads them)."""
     parser.add_argument("--model", required=True, help="SavedModel directory (e.g. workdir/export)")
     parser.add_argument("--data_dir", required=True, help="TFDS data dir holding rxrx1")
     parser.add_argument("--builder", default="rxrx1/native", help="TFDS name/config")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--output", required=True, help="submission CSV")
-    parser.add_argument("--postprocess", choices=postprocess.METHODS, default="assign")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+
+
+def split_options(arguments: argparse.Namespace) -> dict:
+    """`predict_split_sites`'s keywords from the flags of `add_split_arguments`."""
+    names = ("builder", "split", "tta", "batch_size", "progress")
+    return {name: getattr(arguments, name) for name in names}
+
+
+def parse_arguments(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m deepnoise_tf.predict", description=__doc__.split("\n")[0]
+    )
+    add_split_arguments(parser)
+    parser.add_argument("--output", required=True, help="submission CSV")
+    parser.add_argument("--postprocess", choices=postprocess.METHODS, default="assign")
     parser.add_argument(
         "--groups_split", default="train", help="labelled split the siRNA groups come from"
     )
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     return parser.parse_args(argv)
 
 
@@ -368,13 +397,9 @@ def main(argv=None) -> pd.DataFrame:
     wells = predict_wells(
         arguments.model,
         arguments.data_dir,
-        builder=arguments.builder,
-        split=arguments.split,
         postprocess_method=arguments.postprocess,
-        tta=arguments.tta,
-        batch_size=arguments.batch_size,
-        progress=arguments.progress,
         sirna_groups=arguments.groups_split or None,
+        **split_options(arguments),
     )
     path = write_submission(wells, arguments.output)
     print(f"[deepnoise] wrote {len(wells)} treatment wells to {path}", flush=True)

@@ -63,7 +63,9 @@ def test_one_site_per_well_each_epoch_and_both_sites_over_epochs(tiny_config):
 
 def test_training_batches_mix_a_fixed_labelled_share_per_replica(tiny_config):
     replicas = 2
-    batch = next(iter(data.training_dataset(tiny_config, num_replicas=replicas).as_numpy_iterator()))
+    config = tiny_config.copy_and_resolve_references()
+    config.mean_teacher.labelled_share = 0.5  # 8 rows over 2 replicas: 2 labelled + 2 unlabelled each
+    batch = next(iter(data.training_dataset(config, num_replicas=replicas).as_numpy_iterator()))
     assert batch["image"].shape == (8, 16, 16, constants.NUM_CHANNELS) and batch["image"].dtype == np.uint8
     labelled = (batch["label"] >= 0).reshape(replicas, -1)
     # Every replica's contiguous slice holds the same number of labelled rows, first.

@@ -73,6 +73,12 @@ def members(data, tmp_path_factory):
     return result
 
 
+def command_line(model, data_dir, builder, output, *extra):
+    """The flags predict.main and embed.main share, on the test split without a progress bar."""
+    common = ["--model", model, "--data_dir", str(data_dir), "--builder", builder]
+    return common + ["--split", "test", "--output", str(output), "--no-progress", *extra]
+
+
 def keras_outputs(network, images, mean, std):
     """float64 logits [N, 1139] and embeddings of the in-process Keras network, normalized in numpy."""
     backbone, head = network
@@ -166,25 +172,8 @@ def test_saved_model_in_fresh_process_matches_keras(members, tmp_path):
 def test_predict_cli_writes_a_valid_submission(data, members, test_sites, tmp_path, capsys):
     data_dir, builder = data
     output = tmp_path / "out" / "submission.csv"
-    predict.main(
-        [
-            "--model",
-            members[0]["export"],
-            "--data_dir",
-            data_dir,
-            "--builder",
-            builder,
-            "--split",
-            "test",
-            "--output",
-            str(output),
-            "--postprocess",
-            "assign",
-            "--batch_size",
-            "16",
-            "--no-progress",
-        ]
-    )
+    flags = ["--postprocess=assign", "--batch_size=16"]
+    predict.main(command_line(members[0]["export"], data_dir, builder, output, *flags))
     submission = pd.read_csv(output)
     assert list(submission.columns) == ["id_code", "sirna"]
     treatment = set(test_sites["id_code"][test_sites["well_type"] == "treatment"])
@@ -306,23 +295,7 @@ def test_embed_writes_unit_well_embeddings(data, members, test_sites, tmp_path, 
     data_dir, builder = data
     member = members[0]
     output = tmp_path / f"wells{suffix}"
-    embed.main(
-        [
-            "--model",
-            member["export"],
-            "--data_dir",
-            data_dir,
-            "--builder",
-            builder,
-            "--split",
-            "test",
-            "--output",
-            str(output),
-            "--batch_size",
-            "32",
-            "--no-progress",
-        ]
-    )
+    embed.main(command_line(member["export"], data_dir, builder, output, "--batch_size=32"))
     if suffix == ".npz":
         stored = np.load(output)
         embeddings, id_codes = stored["embedding"], stored["id_code"]
@@ -351,19 +324,7 @@ def test_predict_without_test_labels_writes_no_accuracy(members, tmp_path):
     builder = synthetic.prepare_tfds(data_dir, preset="tiny", layout="kaggle")
     output = tmp_path / "submission.csv"
     wells = predict.main(
-        [
-            "--model",
-            members[0]["export"],
-            "--data_dir",
-            str(data_dir),
-            "--builder",
-            builder,
-            "--output",
-            str(output),
-            "--postprocess",
-            "balance",
-            "--no-progress",
-        ]
+        command_line(members[0]["export"], data_dir, builder, output, "--postprocess=balance")
     )
     assert (wells["label"] == constants.UNKNOWN_LABEL).all()
     assert len(pd.read_csv(output)) == len(wells) > 0

@@ -1,0 +1,133 @@
+"""Fast checks of the benchmark scripts' pieces (their speed is measured by running them, not here)."""
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))  # the scripts import their shared module as `_report`
+
+import _report  # noqa: E402
+import keras_profile  # noqa: E402
+import pipeline  # noqa: E402
+import train  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """(data_dir, builder name) of the tiny synthetic RxRx1 (16 px) as TFDS records."""
+    from deepnoise_tf import synthetic
+
+    data_dir = tmp_path_factory.mktemp("benchmark_data")
+    return str(data_dir), synthetic.prepare_tfds(data_dir, preset="tiny")
+
+
+def test_report_appends_a_titled_section_with_a_table(tmp_path):
+    output = tmp_path / "BENCHMARKS.md"
+    body = _report.table(("a", "b"), [(1, "x"), (2, "y")])
+    _report.append_section(output, "First", ["- note"], body)
+    _report.append_section(output, "Second", [], ["text"])
+    text = output.read_text()
+    assert text.startswith("# Benchmarks\n")
+    assert text.count("# Benchmarks") == 1
+    assert "## First\n\n- note\n\n| a | b |\n|---|---|\n| 1 | x |\n| 2 | y |\n" in text
+    assert text.index("## First") < text.index("## Second")
+
+
+def test_report_command_and_load_average():
+    assert _report.command("/x/benchmarks/train.py", ["--steps", "2"]) == (
+        "python benchmarks/train.py --steps 2"
+    )
+    assert _report.command("model.py", [], ["KERAS_BACKEND=jax"]).startswith("KERAS_BACKEND=jax ")
+    values = _report.load_average().split("/")
+    assert len(values) == 3 and all(math.isfinite(float(value)) for value in values)
+
+
+def test_time_calls_counts_warmup_and_timed_calls():
+    calls = []
+    first, per_call = _report.time_calls(lambda: calls.append(1), steps=3, warmup=2)
+    assert len(calls) == 5 and first >= 0 and per_call >= 0
+
+
+def test_train_settings_and_mixed_batch():
+    assert train.parse_setting("512:1.0:4") == (512, 1.0, 4)
+    batch = {"label": tf.constant([3, 4, 5, 6]), "image": tf.zeros([4, 2, 2, 6], tf.uint8)}
+    mixed = train.as_mixed_batch(batch)
+    np.testing.assert_array_equal(mixed["label"], [3, 4, -1, -1])
+    assert mixed["image"] is batch["image"]
+
+
+def test_train_config_follows_the_mode_and_scales_the_shuffle_buffer(tiny_data):
+    data_dir, builder = tiny_data
+    config = train.benchmark_config(data_dir, builder, 16, 0.125, 8, "plain")
+    assert not config.mean_teacher.enabled
+    assert (config.data.image_size, config.model.width, config.train.batch_size) == (16, 0.125, 8)
+    # tiny: 2 cell types x 1 experiment x 4 plates x 7 wells = 56 train wells; 2048 * 56 / 36,515
+    assert config.data.shuffle_buffer == 3
+    config = train.benchmark_config(data_dir, builder, 16, 0.125, 8, "deepnoise")
+    assert config.mean_teacher.enabled
+
+
+def test_png_path_reads_and_normalizes_the_six_channels(release_source):
+    root, truth = release_source
+    sites = pipeline.site_png_paths(root)
+    assert len(sites) == len(truth)
+    statistics = pipeline.plate_statistics(sites)
+    pipeline._set_statistics(statistics)
+    paths, plate = sites[0]
+    image = pipeline.load_png_site(sites[0])
+    from PIL import Image
+
+    raw = np.stack([np.asarray(Image.open(path)) for path in paths], axis=-1)
+    mean, std = statistics[plate]
+    assert image.shape == raw.shape and image.dtype == np.float32
+    np.testing.assert_allclose(image, (raw - mean) / std, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name, kind",
+    [
+        (
+            "xception/block5_sepconv1/separable_conv2d/depthwise:DepthwiseConv2dNative",
+            "depthwise conv",
+        ),
+        ("xception/block5_sepconv1/separable_conv2d:_MklNativeConv2D", "pointwise conv"),
+        ("gradient_tape/xception/block5_sepconv1_bn/moments/mean:Mean", "batch norm"),
+        ("xception/block1_conv1/convolution:_MklNativeConv2D", "other conv"),
+        ("xception/block3_pool/MaxPool2d:_MklNativeMaxPool", "max pool"),
+    ],
+)
+def test_profile_op_kinds(name, kind):
+    op_name, op_type = name.rsplit(":", 1)
+    assert keras_profile.kind_of(op_name, op_type) == kind
+
+
+def test_torch_xception_matches_the_keras_topology():
+    torch = pytest.importorskip("torch")
+    import torch_step
+
+    from deepnoise_tf import models
+
+    width, size = 0.25, 64
+    network = torch_step.Xception(width)
+    keras_model = models.build("xception", (size, size, 6), width=width)
+    trainable = sum(int(np.prod(v.shape)) for v in keras_model.trainable_weights)
+    assert sum(p.numel() for p in network.parameters()) == trainable
+    embedding = network(torch.zeros(2, 6, size, size))
+    assert tuple(embedding.shape) == (2, models.embedding_dim(keras_model))
+
+
+def test_decode_after_choosing_the_site_gives_the_training_batches(tiny_data):
+    """The pipeline prototype of benchmarks/pipeline.py delivers exactly data.training_dataset's."""
+    data_dir, builder = tiny_data
+    prototype = iter(pipeline.tf_pipeline(data_dir, builder, 8, "choose first", 16))
+    reference = iter(pipeline.tf_pipeline(data_dir, builder, 8, "none", 16))
+    for _ in range(10):  # several epochs of the tiny data
+        ours, theirs = next(prototype), next(reference)
+        assert set(ours) == set(theirs)
+        for key in ours:
+            np.testing.assert_array_equal(ours[key].numpy(), theirs[key].numpy(), err_msg=key)
