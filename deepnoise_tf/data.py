@@ -154,7 +154,7 @@ def index_splits(data_config) -> SplitIndex:
         dataset = dataset.map(lambda e: (e["experiment"], e["id_code"], e["cell_type"]))
         wells, experiments = {}, set()
         for experiment, id_code, cell_type in dataset.batch(4096).as_numpy_iterator():
-            for exp, well, cell in zip(experiment, id_code, cell_type):
+            for exp, well, cell in zip(experiment, id_code, cell_type, strict=True):
                 if data_config.cell_types and cell.decode() not in data_config.cell_types:
                     continue
                 experiments.add(exp.decode())

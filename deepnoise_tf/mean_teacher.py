@@ -53,7 +53,7 @@ def ema_update(teacher_variables, student_variables, decay):
     Called in replica context, it hands over to cross-replica context (as Keras's optimizer does)
     so that each mirrored teacher variable is written through the strategy, not once per replica.
     """
-    pairs = [(t.value, s.value) for t, s in zip(teacher_variables, student_variables)]
+    pairs = [(t.value, s.value) for t, s in zip(teacher_variables, student_variables, strict=True)]
 
     def update_all(strategy, pairs, decay):
         for teacher, student in pairs:
@@ -157,10 +157,10 @@ class MeanTeacher(keras.Model):
 
     def copy_student_to_teacher(self):
         """Starts the teacher as an exact copy of the student."""
-        for teacher, student in zip(self.teacher_variables, self.student_variables):
+        for teacher, student in zip(self.teacher_variables, self.student_variables, strict=True):
             teacher.assign(student)
         student_stats = [w for w in self.student_backbone.non_trainable_weights]
-        for teacher, student in zip(self.teacher_backbone.non_trainable_weights, student_stats):
+        for teacher, student in zip(self.teacher_backbone.non_trainable_weights, student_stats, strict=True):
             teacher.assign(student)
 
     def compile(self, optimizer, **kwargs):

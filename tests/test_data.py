@@ -107,11 +107,11 @@ def test_pseudo_labels_are_looked_up_by_well(tiny_config):
     test_wells = sorted({e["id_code"] for e in examples(tiny_config, "test")})
     labels = np.arange(len(test_wells)) % 7
     table = data.pseudo_label_table(test_wells, labels)
-    expected = dict(zip(test_wells, labels))
+    expected = dict(zip(test_wells, labels, strict=True))
     stream = data._training_stream(
         tiny_config.data, "test", labelled=False, seed=0, experiments_excluded=(), pseudo_labels=table
     )
-    for sample, _ in zip(stream.as_numpy_iterator(), range(20)):
+    for sample in stream.take(20).as_numpy_iterator():
         assert sample["label"] == -1
         assert sample["pseudo_label"] in set(labels)
     known = data.pseudo_label_table(test_wells[:1], [3])

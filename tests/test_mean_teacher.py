@@ -137,13 +137,13 @@ def test_teacher_is_the_ema_of_the_student_and_never_optimised():
     # Step 1: decay = min(1 - 1/(1+1), 0.5) = 0.5 (SPEC 6, epoch 1).
     model.train_on_batch(make_batch(rng), return_dict=True)
     student = [v.numpy() for v in model.student_variables]
-    for new, old, s in zip(model.teacher_variables, teacher, student):
+    for new, old, s in zip(model.teacher_variables, teacher, student, strict=True):
         np.testing.assert_allclose(new.numpy(), 0.5 * old + 0.5 * s, rtol=1e-5, atol=1e-6)
     # Step 2: decay = min(1 - 1/3, 0.5) = 0.5 again; step 3 would be min(0.75, 0.5).
     teacher = [v.numpy().copy() for v in model.teacher_variables]
     model.train_on_batch(make_batch(rng), return_dict=True)
     student = [v.numpy() for v in model.student_variables]
-    for new, old, s in zip(model.teacher_variables, teacher, student):
+    for new, old, s in zip(model.teacher_variables, teacher, student, strict=True):
         np.testing.assert_allclose(new.numpy(), 0.5 * old + 0.5 * s, rtol=1e-5, atol=1e-6)
 
 
@@ -157,7 +157,7 @@ def test_ema_decay_follows_the_epoch_schedule_in_the_step():
         model.train_on_batch(make_batch(rng), return_dict=True)
     decay = min(1 - 1 / 3, 0.9)  # step 2, epoch 2
     student = [v.numpy() for v in model.student_variables]
-    for new, old, s in zip(model.teacher_variables, teacher, student):
+    for new, old, s in zip(model.teacher_variables, teacher, student, strict=True):
         np.testing.assert_allclose(new.numpy(), decay * old + (1 - decay) * s, rtol=1e-5, atol=1e-6)
 
 
@@ -212,7 +212,7 @@ def test_teacher_batch_norm_statistics(statistics):
     # The student's statistics moved (its forward pass is in training mode).
     assert not np.allclose(new_student[0], old_teacher[0])
     if statistics == "ema":  # step 1: decay 0.5
-        for new, old, s in zip(new_teacher, old_teacher, new_student):
+        for new, old, s in zip(new_teacher, old_teacher, new_student, strict=True):
             np.testing.assert_allclose(new, 0.5 * old + 0.5 * s, rtol=1e-5, atol=1e-6)
     else:  # momentum 0.5 towards the teacher's own batch of embeddings (unaugmented: same images)
         x = (batch["image"].astype(np.float64) - batch["mean"][:, None, None, :]) / batch["std"][:, None, None, :]
