@@ -57,6 +57,7 @@ def load_sites(
         data_dir=data_config.data_dir or None,
         shuffle_files=shuffle_files,
         read_config=read_config,
+        download=False,  # RxRx1 is built with `tfds build`, never fetched here
         decoders=tfds.decode.PartialDecoding(keep),
     )
 

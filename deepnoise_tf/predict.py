@@ -105,6 +105,7 @@ def site_dataset(
         split=split,
         data_dir=data_dir,
         shuffle_files=False,
+        download=False,  # RxRx1 is built with `tfds build`, never fetched here
         decoders=tfds.decode.PartialDecoding(keep),
     )
 
@@ -136,6 +137,7 @@ def sirna_groups_from_split(data_dir: str, builder: str, split: str = "train") -
         builder,
         split=split,
         data_dir=data_dir,
+        download=False,  # RxRx1 is built with `tfds build`, never fetched here
         decoders=tfds.decode.PartialDecoding({"experiment": True, "plate": True, "sirna": True}),
     )
     experiments, plates, sirnas = [], [], []
