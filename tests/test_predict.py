@@ -7,14 +7,12 @@ the in-process Keras networks evaluated on numpy-normalized, numpy-rotated image
 """
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pandas as pd
 import pytest
 import tensorflow_datasets as tfds
+from conftest import serve_in_fresh_process
 
 from deepnoise_tf import config as config_lib
 from deepnoise_tf import constants, embed, ensemble, export, factory, predict, synthetic
@@ -109,30 +107,6 @@ def well_reference(sites, site_logits):
     }
 
 
-FRESH_PROCESS = textwrap.dedent(
-    """
-    import sys
-    import numpy as np
-    import tensorflow as tf
-
-    model_dir, inputs_path, outputs_path = sys.argv[1:]
-    loaded = tf.saved_model.load(model_dir)
-    inputs = np.load(inputs_path)
-    outputs = loaded.signatures["serving_default"](
-        image=tf.constant(inputs["image"]), mean=tf.constant(inputs["mean"]), std=tf.constant(inputs["std"])
-    )
-    metadata = loaded.signatures["metadata"]()
-    assert "deepnoise_tf" not in sys.modules, "the SavedModel pulled in deepnoise_tf"
-    np.savez(
-        outputs_path,
-        normalization=metadata["normalization"].numpy().decode(),
-        num_models=metadata["num_models"].numpy(),
-        **{name: value.numpy() for name, value in outputs.items()},
-    )
-    """
-)
-
-
 def test_saved_model_in_fresh_process_matches_keras(members, tmp_path):
     member = members[0]
     rng = np.random.default_rng(0)
@@ -141,22 +115,7 @@ def test_saved_model_in_fresh_process_matches_keras(members, tmp_path):
         "mean": rng.uniform(20, 60, size=(5, 6)).astype(np.float32),
         "std": rng.uniform(5, 20, size=(5, 6)).astype(np.float32),
     }
-    np.savez(tmp_path / "inputs.npz", **inputs)
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            FRESH_PROCESS,
-            member["export"],
-            str(tmp_path / "inputs.npz"),
-            str(tmp_path / "out.npz"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    served = np.load(tmp_path / "out.npz")
+    served = serve_in_fresh_process(member["export"], inputs, tmp_path)
     logits, embedding = keras_outputs(
         member["network"], inputs["image"], inputs["mean"], inputs["std"]
     )

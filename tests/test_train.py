@@ -10,16 +10,15 @@ export of a teacher.)
 
 import csv
 import json
-import os
 import pathlib
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
 import pytest
+from conftest import serve_in_fresh_process
 
 from deepnoise_tf import config as config_lib
 from deepnoise_tf import constants, factory, train
@@ -119,30 +118,6 @@ def restore(workdir, checkpoint):
     return model
 
 
-FRESH_PROCESS = textwrap.dedent(
-    """
-    import sys
-    import numpy as np
-    import tensorflow as tf
-
-    model_dir, inputs_path, outputs_path = sys.argv[1:]
-    loaded = tf.saved_model.load(model_dir)
-    inputs = np.load(inputs_path)
-    outputs = loaded.signatures["serving_default"](
-        image=tf.constant(inputs["image"]), mean=tf.constant(inputs["mean"]), std=tf.constant(inputs["std"])
-    )
-    metadata = loaded.signatures["metadata"]()
-    assert not any(name.startswith("deepnoise_tf") for name in sys.modules), "deepnoise_tf was imported"
-    np.savez(
-        outputs_path,
-        image_size=metadata["image_size"].numpy(),
-        normalization=metadata["normalization"].numpy().decode(),
-        **{name: value.numpy() for name, value in outputs.items()},
-    )
-    """
-)
-
-
 def test_export_loads_without_the_package_and_matches_the_best_checkpoint(run, tmp_path):
     rng = np.random.default_rng(3)
     inputs = {
@@ -150,19 +125,7 @@ def test_export_loads_without_the_package_and_matches_the_best_checkpoint(run, t
         "mean": rng.uniform(20, 60, size=(4, 6)).astype(np.float32),
         "std": rng.uniform(5, 20, size=(4, 6)).astype(np.float32),
     }
-    np.savez(tmp_path / "inputs.npz", **inputs)
-    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    completed = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS, str(run["workdir"] / "export"), str(tmp_path / "inputs.npz"),
-         str(tmp_path / "out.npz")],
-        cwd=tmp_path,  # not the repository root: the package is not importable by accident
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    served = np.load(tmp_path / "out.npz")
+    served = serve_in_fresh_process(run["workdir"] / "export", inputs, tmp_path)
     assert int(served["image_size"]) == IMAGE_SIZE and str(served["normalization"]) == "plate"
     assert served["probabilities"].shape == (4, constants.NUM_SIRNAS)
     np.testing.assert_allclose(served["probabilities"].sum(axis=1), 1.0, rtol=1e-5)
