@@ -10,7 +10,9 @@ from deepnoise_tf import train
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.mark.parametrize("name", ["model1_softmax", "model2_arcface", "model3_mean_teacher", "quickstart"])
+@pytest.mark.parametrize(
+    "name", ["model1_softmax", "model2_arcface", "model3_mean_teacher", "quickstart", "deepnoise"]
+)
 @pytest.mark.parametrize("variant", ["", "cpu", "wide"])
 def test_every_shipped_config_loads_and_validates(name, variant):
     spec = str(CONFIGS / f"{name}.py") + (f":{variant}" if variant else "")
