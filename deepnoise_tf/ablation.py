@@ -515,7 +515,7 @@ def ordering_checks(table: pd.DataFrame) -> list[tuple[str, bool]]:
 
 def plot_figure(table: pd.DataFrame, steps, labels, path, title: str) -> pathlib.Path:
     """Bars of our accuracy next to the paper's (RxRx1), the linear floor as a dashed line."""
-    from deepnoise_tf.report import import_pyplot
+    from deepnoise_tf.report import import_pyplot, save_figure
 
     pyplot = import_pyplot()
     indexed = table.set_index("step")
@@ -545,10 +545,7 @@ def plot_figure(table: pd.DataFrame, steps, labels, path, title: str) -> pathlib
     axis.set_title(title)
     axis.legend(fontsize=8, loc="upper left", ncol=3)
     figure.tight_layout()
-    path = pathlib.Path(path)
-    figure.savefig(path, dpi=120)
-    pyplot.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def plot_figures(table: pd.DataFrame, root: pathlib.Path, subtitle: str = "") -> list[pathlib.Path]:

@@ -30,6 +30,16 @@ EXPORT_FROM_CHECKPOINT = "checkpoint_export"  # inside the workdir, when trainin
 # Training curves (metrics.csv)
 
 
+
+def save_figure(figure, path) -> pathlib.Path:
+    """Writes a matplotlib figure as a PNG (creating its folder) and releases it."""
+    pyplot = import_pyplot()
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    pyplot.close(figure)
+    return path
+
 def read_metrics(path: str | pathlib.Path) -> pd.DataFrame:
     """`metrics.csv` of a run, one row per epoch in order.
 
@@ -125,11 +135,7 @@ def plot_training_curves(metrics: pd.DataFrame, path: str | pathlib.Path) -> pat
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     figure.tight_layout()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    pyplot.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -294,11 +300,7 @@ def plot_cell_type_accuracy(
     axis.set_title(title or "validation accuracy per cell type")
     axis.legend(fontsize=8)
     figure.tight_layout()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    pyplot.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 # ------------------------------------------------------------------------------------------------
