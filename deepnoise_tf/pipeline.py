@@ -60,7 +60,6 @@ EXTENDABLE_FIELDS = (
     "pipeline.eval_batch_size",
     "finetune.",
 )
-WELL_COLUMNS = ("id_code", "experiment", "plate", "well", "cell_type", "well_type", "label")
 
 
 def log(message: str) -> None:
@@ -234,13 +233,6 @@ def load_logits(path: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
 # Pure pieces: plate prior, scores, pseudo-label bookkeeping
 
 
-def sirna_groups_from_wells(wells: pd.DataFrame) -> np.ndarray:
-    """The siRNA groups (`postprocess.sirna_groups_from_labels`) of a table of labelled wells."""
-    return postprocess.sirna_groups_from_labels(
-        wells["experiment"].to_numpy(), wells["plate"].to_numpy(), wells["label"].to_numpy()
-    )
-
-
 def plate_prior_predictions(
     wells: pd.DataFrame, logits: np.ndarray, method: str, sirna_groups
 ) -> np.ndarray:
@@ -380,7 +372,7 @@ def predict_wells(
     """
     import tensorflow as tf
 
-    from deepnoise_tf import augment, data
+    from deepnoise_tf import augment, data, predict
 
     if not experiments:
         raise ValueError("name the experiments to predict (an empty list would mean all of them)")
@@ -433,17 +425,10 @@ def predict_wells(
     sites = {name: np.concatenate(values) for name, values in columns.items()}
     for name in ("id_code", "experiment", "well", "cell_type", "well_type"):
         sites[name] = _decode(sites[name])
+    sites = pd.DataFrame(sites).rename(columns={"label": "sirna"})
     logits = {}
     for name, values in site_logits.items():
-        well_ids, logits[name] = metrics.well_logits(np.concatenate(values), sites["id_code"])
-    first = (
-        pd.DataFrame(sites)
-        .drop_duplicates("id_code")
-        .set_index("id_code")
-        .loc[well_ids]
-        .reset_index()
-    )
-    wells = first[list(WELL_COLUMNS)].astype({"plate": np.int64, "label": np.int64})
+        wells, logits[name] = predict.aggregate_wells(sites, np.concatenate(values))
     return wells, logits
 
 
@@ -454,26 +439,15 @@ def treatment_only(wells: pd.DataFrame, logits: dict[str, np.ndarray]):
 
 def labelled_groups(config) -> np.ndarray:
     """The siRNA groups from the labelled training wells (validation experiments left out)."""
-    import tensorflow_datasets as tfds
+    from deepnoise_tf import predict
 
-    import tfds_rxrx1  # noqa: F401  (registers the builder)
-
-    dataset = tfds.load(
+    groups = predict.sirna_groups_from_split(
+        config.data.data_dir or None,
         config.data.builder,
-        split="train",
-        data_dir=config.data.data_dir or None,
-        download=False,  # RxRx1 is built with `tfds build`, never fetched here
-        decoders=tfds.decode.PartialDecoding({"experiment": True, "plate": True, "sirna": True}),
+        "train",
+        exclude_experiments=tuple(config.data.val_experiments),
     )
-    parts = {"experiment": [], "plate": [], "label": []}
-    for batch in dataset.batch(8192).as_numpy_iterator():
-        parts["experiment"].append(_decode(batch["experiment"]))
-        parts["plate"].append(batch["plate"])
-        parts["label"].append(batch["sirna"])
-    wells = pd.DataFrame({name: np.concatenate(values) for name, values in parts.items()})
-    wells = wells[~wells["experiment"].isin(tuple(config.data.val_experiments))]
-    groups = sirna_groups_from_wells(wells)
-    if not (groups >= 0).any():
+    if groups is None:
         raise ValueError(
             "no labelled treatment wells outside the validation experiments: no plate groups"
         )

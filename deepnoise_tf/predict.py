@@ -124,10 +124,13 @@ def site_dataset(
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def sirna_groups_from_split(data_dir: str, builder: str, split: str = "train") -> np.ndarray | None:
+def sirna_groups_from_split(
+    data_dir: str, builder: str, split: str = "train", exclude_experiments=()
+) -> np.ndarray | None:
     """The siRNA groups (`postprocess.sirna_groups_from_labels`) from a labelled split; None if absent.
 
-    Reads identifiers and labels only, never images.
+    Reads identifiers and labels only, never images. `exclude_experiments` leaves out e.g. the
+    validation experiments, so that scoring them does not use their labels.
     """
     _register_builder()
     info = tfds.builder(builder, data_dir=data_dir).info
@@ -147,8 +150,10 @@ def sirna_groups_from_split(data_dir: str, builder: str, split: str = "train") -
         sirnas.append(batch["sirna"])
     if not experiments:
         return None
+    experiments = _decode(np.concatenate(experiments))
+    keep = ~np.isin(experiments, list(exclude_experiments))
     groups = postprocess.sirna_groups_from_labels(
-        np.concatenate(experiments), np.concatenate(plates), np.concatenate(sirnas)
+        experiments[keep], np.concatenate(plates)[keep], np.concatenate(sirnas)[keep]
     )
     return groups if (groups >= 0).any() else None
 
