@@ -37,6 +37,7 @@ from pathlib import Path
 
 import _report
 import numpy as np
+import projection
 import train as train_benchmark
 from PIL import Image
 
@@ -44,7 +45,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 NUM_CHANNELS = 6
 # Per-GPU training images/s of Xception at 512 px, batch 32, plain step, on an H100 (BENCHMARKS.md,
 # benchmarks/model.py on the JAX backend): float32 and mixed_bfloat16.
-H100_PLAIN_STEP_IMAGES_PER_S = {"float32": 370.0, "mixed_bfloat16": 644.0}
+H100_PLAIN_STEP_IMAGES_PER_S = projection.MEASURED["H100"]["train"]["xception"]
 GPUS = 4
 
 

@@ -6,20 +6,23 @@ each a flag (defaults are the numbers in BENCHMARKS.md):
   an epoch is one pass over RxRx1's 36,515 labelled train wells, one site per well;
 - mean-teacher batches hold labelled and unlabelled (test) rows at a labelled share of 1/2, so an
   epoch carries 36,515 / (1/2) = 73,030 rows, each costing one DeepNoise step row;
-- per-GPU plain-step rate: Xception 512 px batch 32 on an H100 (benchmarks/model.py, JAX backend):
-  370 images/s float32, 644 mixed_bfloat16;
+- per-GPU plain-step and forward rates at 512 px, batch 32, of the card named by `--card`
+  (benchmarks/model.py, JAX backend; `MEASURED` below, as in BENCHMARKS.md): H100 Xception only,
+  H200 both models;
 - the DeepNoise step (student on two views, teacher forward, EMA) costs `--deepnoise_cost` plain
   steps per row: the CPU ratio of benchmarks/train.py (same batch, both modes), taken to carry
   over to the GPU;
-- Xception-Wide costs its convolution multiply-adds relative to Xception's (counted here from the
-  layer shapes at 512 px; no H100 row of the wide model was measured), or `--wide_cost`;
-- evaluation: the validation experiments' sites (`--validation_sites`) once per epoch at the H100
-  forward rate (1488 images/s float32, 2732 bf16), without test-time augmentation;
+- a model the card has no row of (Xception-Wide on the H100) runs at the Xception rate divided by
+  the wide/Xception time ratio measured on a card that has both (H200: 1.70 float32, 1.54 bf16),
+  or by `--wide_cost`; the conv multiply-add ratio (2.19, printed) overstates it;
+- evaluation: the validation experiments' sites (`--validation_sites`) once per epoch at the card's
+  forward rate, without test-time augmentation;
 - data parallelism over `--gpus` GPUs scales linearly (wall-clock = GPU-hours / GPUs) and the input
   pipeline keeps up (benchmarks/pipeline.py). Not included: pseudo-label refreshes, per-cell-type
   fine-tuning (SPEC 7), the ensemble's test-set inference.
 
-    python benchmarks/projection.py --deepnoise_cost 2.7
+    python benchmarks/projection.py --deepnoise_cost 2.9 --card H100
+    python benchmarks/projection.py --deepnoise_cost 2.9 --card H200
 """
 
 from __future__ import annotations
@@ -29,8 +32,43 @@ import argparse
 import _report
 
 RXRX1_TRAIN_WELLS = 36_515
-H100_TRAIN = {"float32": 370.0, "mixed_bfloat16": 644.0}  # Xception 512 px, batch 32, plain step
-H100_FORWARD = {"float32": 1488.0, "mixed_bfloat16": 2732.0}
+MODELS = ("xception", "xception_wide")
+PRECISIONS = ("float32", "mixed_bfloat16")
+# images/s per GPU, 512 px, batch 32, benchmarks/model.py on the JAX backend (BENCHMARKS.md):
+# "train" = plain step (forward + backward + update), "forward" = inference.
+MEASURED = {
+    "H100": {  # 2026-11-25, NVIDIA H100 80GB HBM3; the run ended before the wide rows
+        "train": {"xception": {"float32": 370.0, "mixed_bfloat16": 644.0}},
+        "forward": {"xception": {"float32": 1488.0, "mixed_bfloat16": 2732.0}},
+    },
+    "H200": {  # 2026-11-26, NVIDIA H200
+        "train": {
+            "xception": {"float32": 489.2, "mixed_bfloat16": 771.2},
+            "xception_wide": {"float32": 288.6, "mixed_bfloat16": 502.4},
+        },
+        "forward": {
+            "xception": {"float32": 2055.9, "mixed_bfloat16": 2973.8},
+            "xception_wide": {"float32": 1231.2, "mixed_bfloat16": 2002.5},
+        },
+    },
+}
+
+
+def measured_wide_cost(kind: str, precision: str) -> float | None:
+    """Xception-Wide / Xception time per image from a card that has rows of both, else None."""
+    for card in MEASURED.values():
+        rates = card[kind]
+        if all(name in rates for name in MODELS):
+            return rates["xception"][precision] / rates["xception_wide"][precision]
+    return None
+
+
+def model_rate(card: str, kind: str, model: str, precision: str, wide_cost: float) -> float:
+    """The card's measured rate, or Xception's divided by `wide_cost` where the wide row is missing."""
+    rates = MEASURED[card][kind]
+    if model in rates:
+        return rates[model][precision]
+    return rates["xception"][precision] / wide_cost
 
 
 def conv_multiply_adds(model) -> int:
@@ -55,11 +93,13 @@ def conv_multiply_adds(model) -> int:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deepnoise_cost", type=float, required=True, help="DeepNoise/plain step")
+    parser.add_argument("--card", choices=sorted(MEASURED), default="H100")
     parser.add_argument(
         "--wide_cost",
         type=float,
         default=0.0,
-        help="Xception-Wide step cost in Xception steps; 0 = their conv multiply-add ratio",
+        help="Xception-Wide time in Xception times where the card has no wide row; 0 = the ratio "
+        "measured on a card with both",
     )
     parser.add_argument("--epochs", type=int, default=160)
     parser.add_argument("--labelled_share", type=float, default=0.5)
@@ -70,33 +110,32 @@ def main(argv=None):
 
     from deepnoise_tf import models
 
-    macs = {
-        name: conv_multiply_adds(models.build(name, (512, 512, 6)))
-        for name in ("xception", "xception_wide")
-    }
+    macs = {name: conv_multiply_adds(models.build(name, (512, 512, 6))) for name in MODELS}
     mac_ratio = macs["xception_wide"] / macs["xception"]
-    wide_cost = arguments.wide_cost or mac_ratio
+    card = arguments.card
     rows_per_epoch = RXRX1_TRAIN_WELLS / arguments.labelled_share
-    rows = []
-    totals = {}
-    for precision, plain_rate in H100_TRAIN.items():
-        for name, model_cost in (("xception", 1.0), ("xception_wide", wide_cost)):
-            rate = plain_rate / (arguments.deepnoise_cost * model_cost)
+    rows, totals = [], {}
+    for precision in PRECISIONS:
+        wide_costs = {
+            kind: arguments.wide_cost or measured_wide_cost(kind, precision) or mac_ratio
+            for kind in ("train", "forward")
+        }
+        for name in MODELS:
+            measured = name in MEASURED[card]["train"]
+            plain_rate = model_rate(card, "train", name, precision, wide_costs["train"])
+            forward_rate = model_rate(card, "forward", name, precision, wide_costs["forward"])
+            rate = plain_rate / arguments.deepnoise_cost
             train_hours = arguments.epochs * rows_per_epoch / rate / 3600
-            eval_hours = (
-                arguments.epochs
-                * arguments.validation_sites
-                * model_cost
-                / H100_FORWARD[precision]
-                / 3600
-            )
+            eval_hours = arguments.epochs * arguments.validation_sites / forward_rate / 3600
             hours = train_hours + eval_hours
             totals[precision] = totals.get(precision, 0.0) + hours
+            source = "measured" if measured else f"Xception / {wide_costs['train']:.2f}"
             rows.append(
                 (
                     name,
                     precision,
-                    f"{model_cost:.2f}",
+                    f"{plain_rate:.0f}",
+                    source,
                     f"{rate:.0f}",
                     f"{train_hours:.1f}",
                     f"{eval_hours:.1f}",
@@ -105,8 +144,8 @@ def main(argv=None):
                 )
             )
     summary = (
-        f"projection_summary epochs={arguments.epochs} rows_per_epoch={rows_per_epoch:.0f} "
-        f"deepnoise_cost={arguments.deepnoise_cost:g} wide_cost={wide_cost:.2f} "
+        f"projection_summary card={card} epochs={arguments.epochs} "
+        f"rows_per_epoch={rows_per_epoch:.0f} deepnoise_cost={arguments.deepnoise_cost:g} "
         + " ".join(
             f"both_models_{precision}_gpu_hours={hours:.0f}" for precision, hours in totals.items()
         )
@@ -118,21 +157,21 @@ def main(argv=None):
         f"- schedule: {arguments.epochs} epochs x 2 models; an epoch = {RXRX1_TRAIN_WELLS:,} "
         f"labelled wells (one site each) at labelled share {arguments.labelled_share:g} = "
         f"{rows_per_epoch:,.0f} rows; DeepNoise step = {arguments.deepnoise_cost:g} plain steps "
-        f"per row (CPU ratio, benchmarks/train.py); Xception-Wide = {wide_cost:.2f} x Xception "
-        f"(conv multiply-adds at 512 px: {macs['xception_wide'] / 1e9:.1f} vs "
-        f"{macs['xception'] / 1e9:.1f} G per image, ratio {mac_ratio:.2f})",
-        "- per-GPU rates: H100 plain step, Xception 512 px batch 32 (benchmarks/model.py): "
-        + ", ".join(f"{p} {r:.0f} img/s" for p, r in H100_TRAIN.items())
-        + f"; evaluation: {arguments.validation_sites:,} validation sites per epoch at the H100 "
-        "forward rate; linear scaling over "
-        f"{arguments.gpus} GPUs; not included: pseudo-label refreshes, per-cell-type fine-tuning, "
-        "test-set inference",
+        "per row (CPU ratio, benchmarks/train.py)",
+        f"- per-GPU rates: {card} plain step and forward pass at 512 px, batch 32 "
+        "(benchmarks/model.py); a model without a row on this card runs at Xception's rate over "
+        "the wide/Xception time ratio measured on a card with both (conv multiply-adds would say "
+        f"{mac_ratio:.2f}: {macs['xception_wide'] / 1e9:.1f} vs {macs['xception'] / 1e9:.1f} G per "
+        f"image); evaluation: {arguments.validation_sites:,} validation sites per epoch at the "
+        f"forward rate; linear scaling over {arguments.gpus} GPUs; not included: pseudo-label "
+        "refreshes, per-cell-type fine-tuning, test-set inference",
     ]
     body = _report.table(
         (
             "model",
             "precision",
-            "cost vs Xception",
+            "plain img/s per GPU",
+            "rate source",
             "DeepNoise rows/s per GPU",
             "train GPU-h",
             "eval GPU-h",
@@ -146,12 +185,15 @@ def main(argv=None):
         "Both models: "
         + ", ".join(
             f"{precision} {hours:.0f} GPU-hours ({hours / arguments.gpus:.0f} h on "
-            f"{arguments.gpus} H100s)"
+            f"{arguments.gpus} {card}s)"
             for precision, hours in totals.items()
         )
         + ".",
     ]
-    title = f"Projection: the paper's schedule in H100 GPU-hours, benchmarks/projection.py ({_report.timestamp()})"
+    title = (
+        f"Projection: the paper's schedule in {card} GPU-hours, benchmarks/projection.py "
+        f"({_report.timestamp()})"
+    )
     _report.publish(arguments, title, bullets, body, script=__file__, argv=argv)
 
 

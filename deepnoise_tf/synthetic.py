@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import pathlib
 import shutil
 import time
@@ -534,7 +535,11 @@ def prepare_tfds(
         shutil.rmtree(staging, ignore_errors=True)
         write_dataset(staging, layout=layout, preset=preset, seed=seed)
         staging.rename(manual_dir)
-    record_path.write_text(json.dumps(record, indent=1))
+    if not record_path.exists():
+        # Atomic: processes sharing the data_dir (parallel ablation steps) never read a half file.
+        staging_record = record_path.with_name(f"{record_path.name}.{os.getpid()}")
+        staging_record.write_text(json.dumps(record, indent=1))
+        staging_record.replace(record_path)
     name = f"rxrx1/{builder_config}"
     builder = tfds.builder(name, data_dir=str(data_dir))
     if not builder.is_prepared():

@@ -14,6 +14,7 @@ sys.path.insert(0, str(BENCHMARKS))  # the scripts import their shared module as
 import _report  # noqa: E402
 import keras_profile  # noqa: E402
 import pipeline  # noqa: E402
+import projection  # noqa: E402
 import train  # noqa: E402
 
 
@@ -131,3 +132,21 @@ def test_decode_after_choosing_the_site_gives_the_training_batches(tiny_data):
         assert set(ours) == set(theirs)
         for key in ours:
             np.testing.assert_array_equal(ours[key].numpy(), theirs[key].numpy(), err_msg=key)
+
+
+def test_projection_uses_measured_rates_and_a_same_card_wide_ratio_elsewhere():
+    h200 = projection.MEASURED["H200"]["train"]
+    for precision in projection.PRECISIONS:
+        ratio = projection.measured_wide_cost("train", precision)
+        assert ratio == pytest.approx(h200["xception"][precision] / h200["xception_wide"][precision])
+        assert 1.0 < ratio < 2.19  # the wide model is slower, but by less than its multiply-adds
+        # A measured row is used as it is, whatever the ratio argument says.
+        assert projection.model_rate("H200", "train", "xception_wide", precision, 99.0) == (
+            h200["xception_wide"][precision]
+        )
+        # The H100 has no wide row: Xception's rate over the ratio.
+        h100 = projection.MEASURED["H100"]["train"]["xception"][precision]
+        assert projection.model_rate("H100", "train", "xception_wide", precision, ratio) == (
+            pytest.approx(h100 / ratio)
+        )
+
