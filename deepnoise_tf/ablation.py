@@ -1,4 +1,4 @@
-"""`python -m deepnoise_tf.ablation --workdir DIR [--data_dir TFDS_DIR] [--scale cpu|paper] [--steps ...]`.
+"""`python -m deepnoise_tf.ablation --workdir DIR [--data_dir TFDS_DIR] [--scale SCALE] [--steps ...]`.
 
 The paper's two ablations on any `rxrx1` data set, scored on the labelled held-out experiments
 (`config.data.val_experiments`, never trained on):
@@ -18,7 +18,10 @@ finished step is never redone); its validation logits are cached next to it. The
 
 `--scale cpu` runs every config's `:cpu` variant with `CPU_SETTINGS` (without `--data_dir`: the
 synthetic `ablation` preset, generated into `DIR/data`): 38 CPU-minutes, about 50 minutes on 2
-busy cores (docs/ablation.md).
+busy cores (docs/ablation.md). `--scale cpu_morphology` does the same on the `ablation_morphology`
+preset (a phenotype of cell shape) for 48 epochs: its six trainings took 28 minutes on 2 idle
+cores as parallel processes (one `--steps` each, same DIR), at most 56 CPU-minutes; run in one
+command they take about an hour.
 `--scale paper` runs the paper configs as they are (4 GPUs, days). Any `--config.a.b=value` applies to
 every step (e.g. `--config.train.epochs=1` for a smoke run).
 
@@ -47,7 +50,6 @@ CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 LOGITS_FILE = "ablation_logits.npz"  # a step's validation logits: its "done" marker
 TABLE_FILE = "ablation.csv"
 CELL_TYPE_TABLE_FILE = "ablation_by_cell_type.csv"
-SCALES = ("cpu", "paper")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,9 +113,23 @@ FIGURE_3B = ("norm_plate", "arcface", "mean_teacher", "ensemble", "postprocess")
 # validation experiments, 256 validation treatment wells), so differences of a few points are
 # measurable. 32 px images were tried and are too small: at an output stride of 32 the Xception
 # exit flow sees one pixel, and every deep model stayed near 10 % (docs/ablation.md).
+# `--scale cpu_morphology` swaps in the shape phenotype (`ablation_morphology`); its models were
+# still climbing at 32 epochs, and two runs on near-identical inputs differed by up to 0.2, so it
+# trains 48 epochs (learning-rate steps at 36 and 44).
 CPU_SETTINGS = {
     "data.synthetic_preset": "ablation",
 }
+SCALE_SETTINGS = {
+    "cpu": CPU_SETTINGS,
+    "cpu_morphology": {
+        **CPU_SETTINGS,
+        "data.synthetic_preset": "ablation_morphology",
+        "train.epochs": 48,
+        "train.lr_epoch_boundaries": (36, 44),
+    },
+    "paper": {},
+}
+SCALES = tuple(SCALE_SETTINGS)
 
 # ------------------------------------------------------------------------------------------------
 # Configs (pure)
@@ -134,11 +150,12 @@ def step_config(
         raise ValueError(f"step {step.name!r} trains nothing")
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
-    variant = "_".join(part for part in ("cpu" if scale == "cpu" else "", step.variant) if part)
+    on_cpu = scale != "paper"
+    variant = "_".join(part for part in ("cpu" if on_cpu else "", step.variant) if part)
     spec = str(pathlib.Path(configs_dir) / step.config_file) + (f":{variant}" if variant else "")
     config = config_lib.load(spec)
-    if scale == "cpu":
-        config = config_lib.apply_overrides(config, {k: repr(v) for k, v in CPU_SETTINGS.items()})
+    settings = SCALE_SETTINGS[scale]
+    config = config_lib.apply_overrides(config, {k: repr(v) for k, v in settings.items()})
     config = config_lib.apply_overrides(config, dict(overrides or {}))
     config = config_lib.apply_overrides(config, {k: repr(v) for k, v in step.overrides})
     return config_lib.validate(config)

@@ -104,6 +104,30 @@ PRESETS = {
         "positive_controls": 8,
         "image_size": 64,
     },
+    # The `ablation` design with a phenotype that is mostly cell shape, as on RxRx1. Elongation keeps a
+    # channel's mean and std (tests/test_synthetic.py), so a linear model on those moments sees only
+    # the weak intensity change (5 %, against 6 % well-to-well gain noise); plate and experiment
+    # effects are larger than the defaults so that normalization still matters to a CNN reading
+    # shapes (docs/ablation.md, "A phenotype of shape": design runs A-J).
+    "ablation_morphology": {
+        "cell_types": constants.CELL_TYPES,
+        "train_experiments": 4,
+        "test_experiments": 2,
+        "sirnas_per_group": 16,
+        "positive_controls": 8,
+        "image_size": 64,
+        "cells_per_site": 16.0,
+        "cell_sigma": 0.05,
+        "intensity_effect": 0.05,
+        "size_effect": 0.0,
+        "elongation_effect": 1.5,
+        "count_effect": 0.0,
+        "experiment_gain": 0.35,
+        "plate_gain": 0.35,
+        "plate_offset": 6.0,
+        "well_gain": 0.06,
+        "signal_scale": 25.0,
+    },
     # One experiment of 512-pixel images with real-size cells (build benchmarks).
     "benchmark": {
         "cell_types": ("HUVEC",),

@@ -151,6 +151,12 @@ def test_steps_differ_only_where_the_paper_ablation_says():
     for name, value in ablation.CPU_SETTINGS.items():
         section, field = name.split(".")
         assert all(config[section][field] == value for config in configs.values())
+    morphology = ablation.step_config(ablation.STEPS[3], scale="cpu_morphology")
+    assert differing_fields(morphology, ablation.step_config(ablation.STEPS[3], scale="cpu")) == {
+        "data.synthetic_preset", "train.epochs", "train.lr_epoch_boundaries"
+    }  # fmt: skip
+    assert morphology.data.synthetic_preset == "ablation_morphology"
+    assert max(morphology.train.lr_epoch_boundaries) < morphology.train.epochs == 48
     paper = ablation.step_config(ablation.STEPS[3], scale="paper")
     assert paper.data.image_size == constants.IMAGE_SIZE and paper.train.epochs == 160
 

@@ -230,3 +230,39 @@ def test_prepare_tfds_is_idempotent(tmp_path):
     assert json.loads((tmp_path / "synthetic_source.json").read_text())["preset"] == "tiny"
     with pytest.raises(ValueError, match="already holds"):
         synthetic.prepare_tfds(tmp_path, preset="tiny", seed=1)
+
+
+def test_elongation_changes_shape_but_not_the_channel_moments():
+    """A Gaussian cell keeps its integral and its squared integral when elongated (sigma_y * sigma_x
+    is fixed), so channel mean and std are blind to elongation, while the image itself changes."""
+    parameters = synthetic.resolve_parameters(
+        "tiny", image_size=96, cells_per_site=6.0, cell_sigma=0.03, pixel_noise=0.0
+    )
+    channels = constants.NUM_CHANNELS
+    look = {"sigma": np.ones(channels), "density": 1.0}
+    sirnas = np.zeros(64, np.int64)
+
+    def render(elongation):
+        phenotypes = synthetic._Phenotypes(
+            intensity=np.ones((1, channels)),
+            size=np.ones((1, channels)),
+            elongation=np.full((1, channels), elongation),
+            count=np.ones(1),
+        )
+        return synthetic._render_sites(
+            sirnas, np.ones((64, channels)), np.full((64, channels), 20.0), look, phenotypes,
+            parameters, np.random.default_rng(0),
+        ).astype(np.float64)  # fmt: skip
+
+    round_cells, long_cells = render(1.0), render(4.0)
+    for statistic in (np.mean, np.std):
+        round_value = statistic(round_cells, axis=(2, 3)).mean()
+        long_value = statistic(long_cells, axis=(2, 3)).mean()
+        assert long_value == pytest.approx(round_value, rel=0.05), statistic.__name__
+    # ... while the shape is plain to see (same cells, same positions: only the shape differs).
+    assert np.abs(round_cells - long_cells).mean() > 1.0
+    gradient_y = np.abs(np.diff(long_cells, axis=2)).mean()
+    gradient_x = np.abs(np.diff(long_cells, axis=3)).mean()
+    round_y = np.abs(np.diff(round_cells, axis=2)).mean()
+    assert abs(gradient_y - gradient_x) < 0.1 * gradient_y  # orientation is random per cell
+    assert gradient_y > 1.1 * round_y  # steeper edges across the cells' short axis
