@@ -74,6 +74,16 @@ DEFAULT_PARAMETERS = {
     "png_compress_level": 1,
 }
 
+# The ablations' plates, splits and image size: 64 siRNAs, 12 training and 4 validation experiments.
+_ABLATION_DESIGN = {
+    "cell_types": constants.CELL_TYPES,
+    "train_experiments": 4,
+    "test_experiments": 2,
+    "sirnas_per_group": 16,
+    "positive_controls": 8,
+    "image_size": 64,
+}
+
 PRESETS = {
     # Unit tests: two cell types, one train and one test experiment each, 16-pixel images.
     "tiny": {
@@ -96,26 +106,14 @@ PRESETS = {
         "image_size": 64,
     },
     # Ablations of the normalization and the training tricks: more classes and experiments.
-    "ablation": {
-        "cell_types": constants.CELL_TYPES,
-        "train_experiments": 4,
-        "test_experiments": 2,
-        "sirnas_per_group": 16,
-        "positive_controls": 8,
-        "image_size": 64,
-    },
+    "ablation": dict(_ABLATION_DESIGN),
     # The `ablation` design with a phenotype that is mostly cell shape, as on RxRx1. Elongation keeps a
     # channel's mean and std (tests/test_synthetic.py), so a linear model on those moments sees only
     # the weak intensity change (5 %, against 6 % well-to-well gain noise); plate and experiment
     # effects are larger than the defaults so that normalization still matters to a CNN reading
     # shapes (docs/ablation.md, "A phenotype of shape": design runs A-J).
     "ablation_morphology": {
-        "cell_types": constants.CELL_TYPES,
-        "train_experiments": 4,
-        "test_experiments": 2,
-        "sirnas_per_group": 16,
-        "positive_controls": 8,
-        "image_size": 64,
+        **_ABLATION_DESIGN,
         "cells_per_site": 16.0,
         "cell_sigma": 0.05,
         "intensity_effect": 0.05,
