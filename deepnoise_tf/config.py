@@ -50,6 +50,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.model.head = "arcface"  # arcface | softmax (Model 1 baseline)
     config.model.arcface_scale = 30.0
     config.model.arcface_margin = 0.1
+    # Epochs over which training ramps the margin linearly from 0 (0 = the paper: full margin from
+    # the first step). For ArcFace trained from scratch, where the margin stalls the first epochs.
+    config.model.arcface_margin_warmup_epochs = 0.0
     config.model.dropout = 0.5  # softmax head only
     config.model.sync_batch_norm = True  # identical BN statistics on every replica
     config.model.batch_norm_momentum = 0.99  # Keras's Xception default
@@ -158,6 +161,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ValueError(f"config.mean_teacher.labelled_share={share} must be in (0, 1]")
     if len(config.train.learning_rates) != len(config.train.lr_epoch_boundaries) + 1:
         raise ValueError("config.train.learning_rates needs one more value than train.lr_epoch_boundaries")
+    if config.model.get("arcface_margin_warmup_epochs", 0.0) < 0:
+        raise ValueError("config.model.arcface_margin_warmup_epochs must be >= 0")
     if config.train.batch_size < 1 or config.train.epochs < 1:
         raise ValueError("config.train.batch_size and config.train.epochs must be positive")
     return config

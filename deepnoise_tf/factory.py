@@ -155,6 +155,9 @@ def build_model(config, steps_per_epoch: int) -> MeanTeacher:
         # .get: config.json files written before the field existed get the default
         teacher_statistics=mean_teacher.get("teacher_statistics", "ema"),
         seed=config.train.seed,
+        margin_warmup_epochs=(
+            config.model.get("arcface_margin_warmup_epochs", 0.0) if config.model.head == "arcface" else 0.0
+        ),
     )
     if teacher is not None:
         model.copy_student_to_teacher()

@@ -7,8 +7,6 @@ Written with `keras.ops` only, so they run on the TensorFlow and the JAX backend
 
 from __future__ import annotations
 
-import math
-
 import keras
 from keras import ops
 
@@ -71,11 +69,6 @@ class ArcFace(keras.layers.Layer):
         self.scale = float(scale)
         self.margin = float(margin)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.cos_margin = math.cos(self.margin)
-        self.sin_margin = math.sin(self.margin)
-        # Where theta + m > pi, i.e. cos(theta) < cos(pi - m), use the linear fallback.
-        self.threshold = math.cos(math.pi - self.margin)
-        self.fallback_offset = math.sin(math.pi - self.margin) * self.margin
 
     def build(self, embeddings_shape):
         self.kernel = self.add_weight(
@@ -90,15 +83,20 @@ class ArcFace(keras.layers.Layer):
         kernel = l2_normalize(ops.cast(self.kernel, self.compute_dtype), axis=0)
         return ops.matmul(embeddings, kernel)
 
-    def call(self, embeddings, labels=None):
+    def call(self, embeddings, labels=None, margin=None):
+        """Logits `[B, classes]`; `margin` (a scalar, may be a tensor) replaces `self.margin` for
+        this call: the trainer's margin warm-up (`model.arcface_margin_warmup_epochs`)."""
         cosine = self.cosine(embeddings)
         if labels is None:
             return self.scale * cosine
         labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+        margin = ops.cast(self.margin if margin is None else margin, cosine.dtype)
         sine = ops.sqrt(ops.maximum(1.0 - ops.square(cosine), _SINE_SQUARED_FLOOR))
-        cos_theta_plus_margin = cosine * self.cos_margin - sine * self.sin_margin
+        cos_theta_plus_margin = cosine * ops.cos(margin) - sine * ops.sin(margin)
+        # Where theta + m > pi, i.e. cos(theta) < cos(pi - m) = -cos(m), use the linear fallback
+        # cos - sin(pi - m) * m = cos - sin(m) * m.
         target_logit = ops.where(
-            cosine > self.threshold, cos_theta_plus_margin, cosine - self.fallback_offset
+            cosine > -ops.cos(margin), cos_theta_plus_margin, cosine - ops.sin(margin) * margin
         )
         # one_hot of an unlabelled row (-1) must be all zeros: clamp then mask explicitly
         # rather than rely on a backend's out-of-range behaviour.
@@ -108,7 +106,7 @@ class ArcFace(keras.layers.Layer):
         )
         return self.scale * ops.where(is_target, target_logit, cosine)
 
-    def compute_output_shape(self, embeddings_shape, labels_shape=None):
+    def compute_output_shape(self, embeddings_shape, labels_shape=None, margin_shape=None):
         return (*embeddings_shape[:-1], self.num_classes)
 
     def get_config(self):

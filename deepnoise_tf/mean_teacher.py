@@ -83,6 +83,8 @@ class MeanTeacher(keras.Model):
         teacher_statistics: "ema" (default) averages the student's batch-norm statistics into the teacher,
             which then runs in inference mode; "batch" lets the teacher keep its own (Tarvainen & Valpola).
         seed: seeds the in-step augmentation (stateless; folded with the step and the replica).
+        margin_warmup_epochs: the ArcFace margin grows linearly from 0 to the head's margin over
+            this many epochs (0: the paper, full margin from the first step); ArcFace heads only.
 
     Example:
         model = MeanTeacher(student, teacher, steps_per_epoch=100)
@@ -105,6 +107,7 @@ class MeanTeacher(keras.Model):
         augment_views: bool = True,
         teacher_statistics: str = "ema",
         seed: int = 0,
+        margin_warmup_epochs: float = 0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -126,6 +129,11 @@ class MeanTeacher(keras.Model):
             raise ValueError(f"teacher_statistics={teacher_statistics!r} is not one of {list(constants.TEACHER_STATISTICS)}")
         self.teacher_statistics = teacher_statistics
         self.seed = int(seed)
+        self.margin_warmup_epochs = float(margin_warmup_epochs)
+        if self.margin_warmup_epochs < 0:
+            raise ValueError(f"margin_warmup_epochs={margin_warmup_epochs} must be >= 0")
+        if self.margin_warmup_epochs > 0 and not hasattr(self.student_head, "margin"):
+            raise ValueError("margin_warmup_epochs needs a margin head (ArcFace)")
 
         names = ["loss", "classification_loss", "consistency_loss", "pseudo_label_loss", "consistency_weight"]
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in names}
@@ -221,7 +229,11 @@ class MeanTeacher(keras.Model):
         with tf.GradientTape() as tape:
             normal = augment.normal_view(images, seed_normal) if self.augment_views else images
             embedding = self.student_backbone(normal, training=True)
-            margin_logits = self.student_head(embedding, labels, training=True)
+            if self.margin_warmup_epochs > 0:
+                margin = self.student_head.margin * schedules.linear_rampup(epoch, self.margin_warmup_epochs)
+                margin_logits = self.student_head(embedding, labels, margin=margin, training=True)
+            else:
+                margin_logits = self.student_head(embedding, labels, training=True)
             classification = tf.reduce_sum(losses.classification_loss(labels, margin_logits)) / n_labelled
             consistency = tf.constant(0.0)
             pseudo = tf.constant(0.0)

@@ -16,18 +16,22 @@ def _float(value):
     return tf.cast(value, tf.float32)
 
 
+def linear_rampup(epoch, rampup_epochs):
+    """t/T with t = epoch clipped to [0, T]; 1 when T == 0 (the ArcFace margin warm-up)."""
+    epoch = _float(epoch)
+    rampup_epochs = _float(rampup_epochs)
+    safe_length = tf.where(rampup_epochs > 0, rampup_epochs, tf.ones_like(rampup_epochs))
+    ramp = tf.clip_by_value(epoch, 0.0, safe_length) / safe_length
+    return tf.where(rampup_epochs > 0, ramp, tf.ones_like(ramp))
+
+
 def sigmoid_rampup(epoch, rampup_epochs):
     """exp(-5 (1 - t/T)^2) with t = epoch clipped to [0, T]; 1 when T == 0 (Laine & Aila 2017).
 
     Mean teacher's consistency ramp-up (SPEC 5, Tarvainen & Valpola 2017). With the 0-based epoch
     the first epoch gets exp(-5) ~ 0.0067 and the weight is fully on from epoch index T.
     """
-    epoch = _float(epoch)
-    rampup_epochs = _float(rampup_epochs)
-    safe_length = tf.where(rampup_epochs > 0, rampup_epochs, tf.ones_like(rampup_epochs))
-    progress = tf.clip_by_value(epoch, 0.0, safe_length) / safe_length
-    ramp = tf.exp(-5.0 * tf.square(1.0 - progress))
-    return tf.where(rampup_epochs > 0, ramp, tf.ones_like(ramp))
+    return tf.exp(-5.0 * tf.square(1.0 - linear_rampup(epoch, rampup_epochs)))
 
 
 def consistency_weight(epoch, max_weight=100.0, rampup_epochs=5):

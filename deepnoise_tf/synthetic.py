@@ -109,18 +109,18 @@ PRESETS = {
     "ablation": dict(_ABLATION_DESIGN),
     # The `ablation` design with a phenotype that is mostly cell shape, as on RxRx1. Elongation keeps a
     # channel's mean and std (tests/test_synthetic.py), so a linear model on those moments sees only
-    # the weak intensity change (5 %, against 6 % well-to-well gain noise); plate and experiment
-    # effects are larger than the defaults so that normalization still matters to a CNN reading
-    # shapes (docs/ablation.md, "A phenotype of shape": design runs A-J).
+    # the weak intensity change (3 %, against 6 % well-to-well gain noise); plate effects are larger
+    # than the defaults so that normalization still matters to a CNN reading shapes
+    # (docs/ablation.md, "A phenotype of shape": design runs A-K).
     "ablation_morphology": {
         **_ABLATION_DESIGN,
         "cells_per_site": 16.0,
         "cell_sigma": 0.05,
-        "intensity_effect": 0.05,
+        "intensity_effect": 0.03,
         "size_effect": 0.0,
         "elongation_effect": 1.5,
         "count_effect": 0.0,
-        "experiment_gain": 0.35,
+        "experiment_gain": 0.25,
         "plate_gain": 0.35,
         "plate_offset": 6.0,
         "well_gain": 0.06,

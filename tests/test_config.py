@@ -63,7 +63,8 @@ def test_unknown_field_lists_the_valid_ones():
 
 @pytest.mark.parametrize(
     "field, value",
-    [("data.normalization", "well"), ("model.head", "cosface"), ("train.strategy", "tpu"), ("data.cell_types", "('A549',)")],
+    [("data.normalization", "well"), ("model.head", "cosface"), ("train.strategy", "tpu"), ("data.cell_types", "('A549',)"),
+     ("model.arcface_margin_warmup_epochs", "-1.0")],
 )
 def test_invalid_values_fail_with_the_choices(field, value):
     config = config_lib.load(str(CONFIGS / "quickstart.py"))
@@ -74,3 +75,16 @@ def test_invalid_values_fail_with_the_choices(field, value):
 def test_missing_config_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         config_lib.load(str(tmp_path / "nope.py"))
+
+
+@pytest.mark.parametrize("name, margin_warmup", [("model1_softmax", 0.0), ("model2_arcface", 3.0)])
+def test_margin_warmup_reaches_arcface_models_only(name, margin_warmup):
+    """One override for every ablation step: softmax heads have no margin to warm up."""
+    from deepnoise_tf import factory
+
+    config = config_lib.load(str(CONFIGS / f"{name}.py") + ":cpu")
+    config = config_lib.apply_overrides(
+        config, {"model.arcface_margin_warmup_epochs": "3.0", "data.image_size": "32"}
+    )
+    model = factory.build_model(config_lib.validate(config), steps_per_epoch=2)
+    assert model.margin_warmup_epochs == margin_warmup

@@ -91,6 +91,22 @@ def test_arcface_target_logit_follows_angle_addition_and_fallback(angle):
     np.testing.assert_allclose(logits[0, 1], SCALE * 1.0, atol=1e-9)  # non-target: s*cos(0)
 
 
+@pytest.mark.parametrize("margin", [0.0, 0.05, 0.3, tf.constant(0.05)])
+def test_arcface_margin_argument_replaces_the_layer_margin(margin):
+    """The trainer's margin warm-up: `head(x, labels, margin=m)` is the reference ArcFace with m."""
+    rng = np.random.default_rng(3)
+    kernel = rng.normal(size=(16, 7))
+    labels = np.array([0, 6, -1, 2, 4])
+    embeddings = rng.normal(size=(len(labels), 16))
+    embeddings[4:] = embeddings_near_pi(kernel, labels[4:], rng, noise=0.02)  # fallback branch
+    head = make_head(kernel)
+    logits = np.asarray(head(embeddings.astype("float32"), labels, margin=margin))
+    expected = reference_arcface(embeddings, kernel, labels, margin=float(margin))
+    np.testing.assert_allclose(logits, expected, atol=2e-4)
+    if float(margin) == 0.0:
+        np.testing.assert_allclose(logits, np.asarray(head(embeddings.astype("float32"))), atol=1e-5)
+
+
 def numerical_gradient(function, x, step=1e-6):
     gradient = np.zeros_like(x)
     for index in np.ndindex(x.shape):

@@ -54,7 +54,7 @@ def make_batch(rng, batch=6):
     }
 
 
-def build(teacher=True, steps_per_epoch=10, learning_rate=0.05):
+def build(teacher=True, steps_per_epoch=10, learning_rate=0.05, **kwargs):
     student = tiny_network(1)
     teacher_network = tiny_network(2) if teacher else None
     model = MeanTeacher(
@@ -66,12 +66,13 @@ def build(teacher=True, steps_per_epoch=10, learning_rate=0.05):
         pseudo_label_weight=0.05,
         normalization_jitter=0.0,
         augment_views=False,
+        **kwargs,
     )
     model.compile(optimizer=keras.optimizers.SGD(learning_rate))
     return model
 
 
-def expected_losses(batch, student, teacher, epoch=0.0):
+def expected_losses(batch, student, teacher, epoch=0.0, margin=MARGIN):
     """Float64 numpy of SPEC 5: ArcFace margin CE, consistency MSE and pSoftmax."""
     x = (batch["image"].astype(np.float64) - batch["mean"][:, None, None, :]) / batch["std"][:, None, None, :]
     x = x.reshape(len(x), -1)
@@ -83,10 +84,10 @@ def expected_losses(batch, student, teacher, epoch=0.0):
     margin_cos = cosine.copy()
     for row in np.flatnonzero(labelled):
         c = cosine[row, labels[row]]
-        if c > math.cos(math.pi - MARGIN):
-            margin_cos[row, labels[row]] = c * math.cos(MARGIN) - math.sqrt(1 - c * c) * math.sin(MARGIN)
+        if c > math.cos(math.pi - margin):
+            margin_cos[row, labels[row]] = c * math.cos(margin) - math.sqrt(1 - c * c) * math.sin(margin)
         else:
-            margin_cos[row, labels[row]] = c - math.sin(math.pi - MARGIN) * MARGIN
+            margin_cos[row, labels[row]] = c - math.sin(math.pi - margin) * margin
     classification = numpy_cross_entropy(SCALE * margin_cos[labelled], labels[labelled]).mean()
 
     tw, tb, tk = teacher
@@ -126,6 +127,31 @@ def test_supervised_model_uses_only_the_classification_loss():
     expected = expected_losses(batch, student, student)
     np.testing.assert_allclose(logs["loss"], expected["classification_loss"], rtol=2e-4)
     assert logs["consistency_loss"] == 0.0 and logs["pseudo_label_loss"] == 0.0
+
+
+@pytest.mark.parametrize("iteration, margin", [(0, 0.0), (20, 0.05), (35, 0.0875), (60, MARGIN)])
+def test_margin_warmup_ramps_the_arcface_margin_linearly(iteration, margin):
+    """4 warm-up epochs of 10 steps: epoch = iteration / 10, margin = 0.1 * min(epoch / 4, 1)."""
+    model = build(teacher=False, margin_warmup_epochs=4.0)
+    model.optimizer.build(model.student_variables)
+    model.optimizer.iterations.assign(iteration)
+    batch = make_batch(np.random.default_rng(4))
+    student = network_weights({"backbone": model.student_backbone, "head": model.student_head})
+    logs = model.train_on_batch(batch, return_dict=True)
+    expected = expected_losses(batch, student, student, margin=margin)["classification_loss"]
+    np.testing.assert_allclose(logs["classification_loss"], expected, rtol=2e-4)
+    if margin != MARGIN:  # the ramp is not the full margin: the losses differ measurably
+        full = expected_losses(batch, student, student)["classification_loss"]
+        assert abs(full - expected) > 1e-3
+
+
+def test_margin_warmup_needs_a_margin_head_and_a_non_negative_length():
+    student = tiny_network(1)
+    with pytest.raises(ValueError, match="margin_warmup_epochs"):
+        MeanTeacher(student, steps_per_epoch=10, margin_warmup_epochs=-1.0)
+    softmax = {"backbone": student["backbone"], "head": layers.SoftmaxHead(CLASSES)}
+    with pytest.raises(ValueError, match="ArcFace"):
+        MeanTeacher(softmax, steps_per_epoch=10, margin_warmup_epochs=2.0)
 
 
 def test_teacher_is_the_ema_of_the_student_and_never_optimised():

@@ -45,6 +45,14 @@ def test_sigmoid_rampup_vectorised_and_in_graph():
     np.testing.assert_allclose(graph(tf.constant(1.5), tf.constant(0.0)).numpy(), 1.0)
 
 
+@pytest.mark.parametrize(
+    "epoch, length, expected",
+    [(0, 16, 0.0), (4, 16, 0.25), (12.8, 16, 0.8), (16, 16, 1.0), (30, 16, 1.0), (-2, 16, 0.0), (5, 0, 1.0)],
+)
+def test_linear_rampup_hand_values(epoch, length, expected):
+    np.testing.assert_allclose(float(schedules.linear_rampup(epoch, length)), expected, rtol=1e-6)
+
+
 def test_consistency_weight():
     np.testing.assert_allclose(
         float(schedules.consistency_weight(0)), 100.0 * math.exp(-5.0), rtol=1e-6
