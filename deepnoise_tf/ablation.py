@@ -115,10 +115,9 @@ FIGURE_3B = ("norm_plate", "arcface", "mean_teacher", "ensemble", "postprocess")
 # exit flow sees one pixel, and every deep model stayed near 10 % (docs/ablation.md).
 # `--scale cpu_morphology` swaps in the shape phenotype (`ablation_morphology`); its models were
 # still climbing at 32 epochs, and two runs on near-identical inputs differed by up to 0.2, so it
-# trains 64 epochs (learning-rate steps at 48 and 58). From scratch, ArcFace's full margin stalls
-# the first ~10 epochs on shape; ramping it in over 16 epochs lifted Model 2 from .645 to .813
-# (48 epochs). At cpu_scale's 3e-3 ArcFace still trailed softmax on shape (.688 vs .980, 64
-# epochs); at a third of it ArcFace leads (.992 vs .957): docs/ablation.md "ArcFace at CPU scale".
+# trains 64 epochs (learning-rate steps at 48 and 58). Trained from scratch on shape, ArcFace stalls
+# under its full margin and trails softmax at cpu_scale's 3e-3, hence the margin warm-up and a third
+# of the learning rate for every step (measured in docs/ablation.md, "ArcFace at CPU scale").
 CPU_SETTINGS = {
     "data.synthetic_preset": "ablation",
 }
