@@ -63,6 +63,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.mean_teacher.enabled = True
     config.mean_teacher.consistency_weight = 100.0  # SPEC 5
     config.mean_teacher.rampup_epochs = 5.0
+    # Paper: labelled-only ArcFace training first, then the consistency loss; 0 = from the start.
+    config.mean_teacher.consistency_start_epoch = 0.0
     config.mean_teacher.labelled_share = 0.5  # fixed labelled fraction of every batch (paper: 1/4 or 1/2)
     config.mean_teacher.ema_decays = (0.5, 0.9, 0.99, 0.999)  # SPEC 6: epoch 1, <=10, <=20, later
     config.mean_teacher.ema_epoch_boundaries = (1, 10, 20)
@@ -163,6 +165,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ValueError("config.train.learning_rates needs one more value than train.lr_epoch_boundaries")
     if config.model.get("arcface_margin_warmup_epochs", 0.0) < 0:
         raise ValueError("config.model.arcface_margin_warmup_epochs must be >= 0")
+    if config.mean_teacher.get("consistency_start_epoch", 0.0) < 0:
+        raise ValueError("config.mean_teacher.consistency_start_epoch must be >= 0")
     if config.train.batch_size < 1 or config.train.epochs < 1:
         raise ValueError("config.train.batch_size and config.train.epochs must be positive")
     return config

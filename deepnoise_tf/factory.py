@@ -148,6 +148,7 @@ def build_model(config, steps_per_epoch: int) -> MeanTeacher:
         steps_per_epoch=steps_per_epoch,
         consistency_weight=mean_teacher.consistency_weight,
         rampup_epochs=mean_teacher.rampup_epochs,
+        consistency_start_epoch=mean_teacher.get("consistency_start_epoch", 0.0),
         ema_decays=tuple(mean_teacher.ema_decays),
         ema_epoch_boundaries=tuple(mean_teacher.ema_epoch_boundaries),
         pseudo_label_weight=mean_teacher.pseudo_label_weight,

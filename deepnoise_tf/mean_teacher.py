@@ -76,6 +76,8 @@ class MeanTeacher(keras.Model):
             classification loss is used and the student is what gets evaluated and exported).
         steps_per_epoch: converts the step counter to the (fractional) epoch of the schedules.
         consistency_weight, rampup_epochs: weight 100 * sigmoid ramp-up (SPEC 5).
+        consistency_start_epoch: labelled-only (margin loss) training before this epoch; the
+            consistency ramp-up starts there (SPEC 6; 0: from the first step).
         ema_decays, ema_epoch_boundaries: the EMA decay schedule (SPEC 6).
         pseudo_label_weight: pSoftmax weight when a batch carries pseudo labels (SPEC 5).
         normalization_jitter: mean/std jitter of the training-time normalization (SPEC 2).
@@ -100,6 +102,7 @@ class MeanTeacher(keras.Model):
         steps_per_epoch: int,
         consistency_weight: float = 100.0,
         rampup_epochs: float = 5.0,
+        consistency_start_epoch: float = 0.0,
         ema_decays=(0.5, 0.9, 0.99, 0.999),
         ema_epoch_boundaries=(1, 10, 20),
         pseudo_label_weight: float = 0.05,
@@ -120,6 +123,9 @@ class MeanTeacher(keras.Model):
         self.steps_per_epoch = int(steps_per_epoch)
         self.consistency_weight = float(consistency_weight)
         self.rampup_epochs = float(rampup_epochs)
+        self.consistency_start_epoch = float(consistency_start_epoch)
+        if self.consistency_start_epoch < 0:
+            raise ValueError(f"consistency_start_epoch={consistency_start_epoch} must be >= 0")
         self.ema_decays = tuple(float(d) for d in ema_decays)
         self.ema_epoch_boundaries = tuple(ema_epoch_boundaries)
         self.pseudo_label_weight = float(pseudo_label_weight)
@@ -243,7 +249,9 @@ class MeanTeacher(keras.Model):
                 easy = augment.easy_view(images, seed_easy) if self.augment_views else images
                 student_logits = self.student_head(self.student_backbone(easy, training=True), training=True)
                 consistency = tf.reduce_sum(losses.consistency_loss(student_logits, teacher_logits)) / n_rows
-                weight = schedules.consistency_weight(epoch, self.consistency_weight, self.rampup_epochs)
+                weight = schedules.consistency_weight(
+                    epoch, self.consistency_weight, self.rampup_epochs, self.consistency_start_epoch
+                )
                 pseudo = tf.reduce_sum(losses.pseudo_label_loss(pseudo_labels, student_logits)) / tf.maximum(
                     n_pseudo, 1.0
                 )

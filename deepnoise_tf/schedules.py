@@ -34,9 +34,16 @@ def sigmoid_rampup(epoch, rampup_epochs):
     return tf.exp(-5.0 * tf.square(1.0 - linear_rampup(epoch, rampup_epochs)))
 
 
-def consistency_weight(epoch, max_weight=100.0, rampup_epochs=5):
-    """Weight of the consistency loss (paper eq. 5): max_weight * sigmoid_rampup(epoch, T)."""
-    return _float(max_weight) * sigmoid_rampup(epoch, rampup_epochs)
+def consistency_weight(epoch, max_weight=100.0, rampup_epochs=5, start_epoch=0.0):
+    """Weight of the consistency loss (paper eq. 5): max_weight * sigmoid_rampup(epoch - start, T).
+
+    0 before `start_epoch`: the paper first trains on the labelled data alone, then adds the
+    consistency loss (SPEC 6); start 0 (the default) ramps up from the first step.
+    """
+    epoch = _float(epoch)
+    start_epoch = _float(start_epoch)
+    ramp = _float(max_weight) * sigmoid_rampup(epoch - start_epoch, rampup_epochs)
+    return tf.where(epoch < start_epoch, tf.zeros_like(ramp), ramp)
 
 
 def ema_decay(step, epoch, *, last_epochs=(1, 10, 20), decays=(0.5, 0.9, 0.99), final_decay=0.999):

@@ -154,11 +154,12 @@ def test_steps_differ_only_where_the_paper_ablation_says():
     morphology = ablation.step_config(ablation.STEPS[3], scale="cpu_morphology")
     assert differing_fields(morphology, ablation.step_config(ablation.STEPS[3], scale="cpu")) == {
         "data.synthetic_preset", "train.epochs", "train.learning_rates", "train.lr_epoch_boundaries",
-        "model.arcface_margin_warmup_epochs",
+        "model.arcface_margin_warmup_epochs", "mean_teacher.consistency_start_epoch",
     }  # fmt: skip
     assert morphology.data.synthetic_preset == "ablation_morphology"
     assert max(morphology.train.lr_epoch_boundaries) < morphology.train.epochs == 64
     assert 0 < morphology.model.arcface_margin_warmup_epochs < morphology.train.epochs
+    assert 0 < morphology.mean_teacher.consistency_start_epoch < morphology.train.epochs
     cpu_rates = ablation.step_config(ablation.STEPS[3], scale="cpu").train.learning_rates
     assert np.allclose(np.array(cpu_rates) / np.array(morphology.train.learning_rates), 3.0, rtol=0.02)
     paper = ablation.step_config(ablation.STEPS[3], scale="paper")

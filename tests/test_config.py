@@ -64,7 +64,7 @@ def test_unknown_field_lists_the_valid_ones():
 @pytest.mark.parametrize(
     "field, value",
     [("data.normalization", "well"), ("model.head", "cosface"), ("train.strategy", "tpu"), ("data.cell_types", "('A549',)"),
-     ("model.arcface_margin_warmup_epochs", "-1.0")],
+     ("model.arcface_margin_warmup_epochs", "-1.0"), ("mean_teacher.consistency_start_epoch", "-2.0")],
 )
 def test_invalid_values_fail_with_the_choices(field, value):
     config = config_lib.load(str(CONFIGS / "quickstart.py"))
@@ -88,3 +88,14 @@ def test_margin_warmup_reaches_arcface_models_only(name, margin_warmup):
     )
     model = factory.build_model(config_lib.validate(config), steps_per_epoch=2)
     assert model.margin_warmup_epochs == margin_warmup
+
+
+def test_consistency_start_reaches_the_mean_teacher():
+    from deepnoise_tf import factory
+
+    config = config_lib.load(str(CONFIGS / "model3_mean_teacher.py") + ":cpu")
+    config = config_lib.apply_overrides(
+        config, {"mean_teacher.consistency_start_epoch": "2.5", "data.image_size": "32"}
+    )
+    model = factory.build_model(config_lib.validate(config), steps_per_epoch=2)
+    assert model.has_teacher and model.consistency_start_epoch == 2.5

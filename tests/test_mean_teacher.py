@@ -72,7 +72,7 @@ def build(teacher=True, steps_per_epoch=10, learning_rate=0.05, **kwargs):
     return model
 
 
-def expected_losses(batch, student, teacher, epoch=0.0, margin=MARGIN):
+def expected_losses(batch, student, teacher, epoch=0.0, margin=MARGIN, consistency_start=0.0):
     """Float64 numpy of SPEC 5: ArcFace margin CE, consistency MSE and pSoftmax."""
     x = (batch["image"].astype(np.float64) - batch["mean"][:, None, None, :]) / batch["std"][:, None, None, :]
     x = x.reshape(len(x), -1)
@@ -97,7 +97,8 @@ def expected_losses(batch, student, teacher, epoch=0.0, margin=MARGIN):
 
     has_pseudo = pseudo >= 0
     pseudo_loss = numpy_cross_entropy(SCALE * cosine[has_pseudo], pseudo[has_pseudo]).mean()
-    weight = 100.0 * math.exp(-5.0 * (1.0 - min(epoch, 5.0) / 5.0) ** 2)
+    ramp_epoch = epoch - consistency_start
+    weight = 0.0 if ramp_epoch < 0 else 100.0 * math.exp(-5.0 * (1.0 - min(ramp_epoch, 5.0) / 5.0) ** 2)
     total = 0.95 * classification + 0.05 * pseudo_loss + weight * consistency
     return {
         "classification_loss": classification,
@@ -143,6 +144,27 @@ def test_margin_warmup_ramps_the_arcface_margin_linearly(iteration, margin):
     if margin != MARGIN:  # the ramp is not the full margin: the losses differ measurably
         full = expected_losses(batch, student, student)["classification_loss"]
         assert abs(full - expected) > 1e-3
+
+
+@pytest.mark.parametrize("iteration", [0, 29, 30, 42, 90])
+def test_consistency_starts_after_the_labelled_only_epochs(iteration):
+    """3 labelled-only epochs of 10 steps: weight 0 up to step 29, then the 5-epoch ramp from 0."""
+    model = build(consistency_start_epoch=3.0)
+    model.optimizer.build(model.student_variables)
+    model.optimizer.iterations.assign(iteration)
+    batch = make_batch(np.random.default_rng(5))
+    student = network_weights({"backbone": model.student_backbone, "head": model.student_head})
+    teacher = network_weights({"backbone": model.teacher_backbone, "head": model.teacher_head})
+    logs = model.train_on_batch(batch, return_dict=True)
+    expected = expected_losses(batch, student, teacher, epoch=iteration / 10, consistency_start=3.0)
+    assert (expected["consistency_weight"] == 0.0) == (iteration < 30)
+    for name in ("consistency_weight", "loss"):
+        np.testing.assert_allclose(logs[name], expected[name], rtol=2e-4, atol=1e-6, err_msg=name)
+
+
+def test_consistency_start_must_not_be_negative():
+    with pytest.raises(ValueError, match="consistency_start_epoch"):
+        MeanTeacher(tiny_network(1), tiny_network(2), steps_per_epoch=10, consistency_start_epoch=-1.0)
 
 
 def test_margin_warmup_needs_a_margin_head_and_a_non_negative_length():

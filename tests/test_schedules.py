@@ -53,6 +53,16 @@ def test_linear_rampup_hand_values(epoch, length, expected):
     np.testing.assert_allclose(float(schedules.linear_rampup(epoch, length)), expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "epoch, start, expected",
+    [(0, 16, 0.0), (15.9, 16, 0.0), (16, 16, 100.0 * math.exp(-5.0)),
+     (17, 16, 100.0 * math.exp(-5.0 * 0.5**2)), (18, 16, 100.0), (40, 16, 100.0), (0, 0, 100.0 * math.exp(-5.0))],
+)  # fmt: skip
+def test_consistency_weight_is_zero_before_the_start_then_ramps(epoch, start, expected):
+    weight = schedules.consistency_weight(epoch, max_weight=100.0, rampup_epochs=2, start_epoch=start)
+    np.testing.assert_allclose(float(weight), expected, rtol=1e-6)
+
+
 def test_consistency_weight():
     np.testing.assert_allclose(
         float(schedules.consistency_weight(0)), 100.0 * math.exp(-5.0), rtol=1e-6
