@@ -77,25 +77,20 @@ def test_missing_config_file_is_a_clear_error(tmp_path):
         config_lib.load(str(tmp_path / "nope.py"))
 
 
-@pytest.mark.parametrize("name, margin_warmup", [("model1_softmax", 0.0), ("model2_arcface", 3.0)])
-def test_margin_warmup_reaches_arcface_models_only(name, margin_warmup):
-    """One override for every ablation step: softmax heads have no margin to warm up."""
+@pytest.mark.parametrize(
+    "name, field, value, attribute, expected",
+    [
+        # one override for every ablation step: softmax heads have no margin to warm up
+        ("model1_softmax", "model.arcface_margin_warmup_epochs", "3.0", "margin_warmup_epochs", 0.0),
+        ("model2_arcface", "model.arcface_margin_warmup_epochs", "3.0", "margin_warmup_epochs", 3.0),
+        ("model3_mean_teacher", "mean_teacher.consistency_start_epoch", "2.5", "consistency_start_epoch", 2.5),
+    ],
+)
+def test_schedule_fields_reach_the_built_model(name, field, value, attribute, expected):
     from deepnoise_tf import factory
 
     config = config_lib.load(str(CONFIGS / f"{name}.py") + ":cpu")
-    config = config_lib.apply_overrides(
-        config, {"model.arcface_margin_warmup_epochs": "3.0", "data.image_size": "32"}
-    )
+    config = config_lib.apply_overrides(config, {field: value, "data.image_size": "32"})
     model = factory.build_model(config_lib.validate(config), steps_per_epoch=2)
-    assert model.margin_warmup_epochs == margin_warmup
-
-
-def test_consistency_start_reaches_the_mean_teacher():
-    from deepnoise_tf import factory
-
-    config = config_lib.load(str(CONFIGS / "model3_mean_teacher.py") + ":cpu")
-    config = config_lib.apply_overrides(
-        config, {"mean_teacher.consistency_start_epoch": "2.5", "data.image_size": "32"}
-    )
-    model = factory.build_model(config_lib.validate(config), steps_per_epoch=2)
-    assert model.has_teacher and model.consistency_start_epoch == 2.5
+    assert getattr(model, attribute) == expected
+    assert model.has_teacher == (name == "model3_mean_teacher")
