@@ -232,3 +232,27 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
 def to_json(config: ml_collections.ConfigDict) -> str:
     """The config as JSON: written next to every run so it can be reproduced."""
     return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+def argument_parser(prog: str, description: str):
+    """The `--config FILE[:variant]` and `--workdir DIR` arguments shared by the training CLIs."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", required=True, help="configs/<name>.py[:variant]")
+    parser.add_argument("--workdir", required=True, help="where checkpoints, logs and the export go")
+    return parser
+
+
+def parse_arguments(parser, argv):
+    """(parsed arguments, validated config): the parser's own arguments plus `--config.path=value`s."""
+    known, rest = parser.parse_known_args(argv)
+    overrides = {}
+    for argument in rest:
+        if not argument.startswith("--config.") or "=" not in argument:
+            parser.error(f"unrecognized argument {argument!r} (overrides look like --config.train.epochs=3)")
+        path, _, value = argument[len("--config.") :].partition("=")
+        overrides[path] = value
+    config = load(known.config)
+    config = validate(apply_overrides(config, overrides))
+    return known, config

@@ -27,11 +27,35 @@ _STAT_FEATURES = {
 }
 
 
+NEUTRAL_STATISTIC = 127.5  # normalization "none": (x - 127.5) / 127.5 maps 8-bit pixels to [-1, 1]
+
+
+def register_builder() -> None:
+    """Registers the repository's `rxrx1` builder when importable (TFDS can also read without it)."""
+    try:
+        import tfds_rxrx1  # noqa: F401
+    except ImportError:
+        pass
+
+
+def statistic_features(normalization: str) -> tuple[str, ...]:
+    """The features holding the `(mean, std)` of `normalization` (none for "none")."""
+    return _STAT_FEATURES.get(normalization, ())
+
+
+def normalization_statistics(example, normalization: str) -> tuple[tf.Tensor, tf.Tensor]:
+    """float32 `(mean, std)` [6] of an example's normalization group (paper, "Plate-based
+    normalization"); for "none" the constants that only scale 8-bit pixels to [-1, 1]."""
+    if normalization in _STAT_FEATURES:
+        mean_key, std_key = _STAT_FEATURES[normalization]
+        return tf.cast(example[mean_key], tf.float32), tf.cast(example[std_key], tf.float32)
+    neutral = tf.fill([constants.NUM_CHANNELS], NEUTRAL_STATISTIC)
+    return neutral, neutral
+
+
 def _decoded_features(normalization: str, with_labels: bool, with_ids: bool) -> dict:
     keep = {"image": True, "id_code": True, "site": True, "experiment": True, "cell_type": True}
-    if normalization in _STAT_FEATURES:
-        for name in _STAT_FEATURES[normalization]:
-            keep[name] = True
+    keep.update({name: True for name in statistic_features(normalization)})
     if with_ids:
         keep.update({name: True for name in ID_FEATURES})
     if with_labels:
@@ -110,13 +134,8 @@ def to_sample(example, *, normalization: str, image_size: int, labelled: bool, p
         same = tf.logical_and(tf.equal(shape[0], image_size), tf.equal(shape[1], image_size))
         image = tf.cond(same, lambda: image, resized)
     image = tf.ensure_shape(image, (image_size or None, image_size or None, constants.NUM_CHANNELS))
-    if normalization in _STAT_FEATURES:
-        mean_key, std_key = _STAT_FEATURES[normalization]
-        mean, std = example[mean_key], example[std_key]
-    else:  # "none": only scale 8-bit pixels to roughly unit range
-        mean = tf.fill([constants.NUM_CHANNELS], 127.5)
-        std = tf.fill([constants.NUM_CHANNELS], 127.5)
-    sample = {"image": image, "mean": tf.cast(mean, tf.float32), "std": tf.cast(std, tf.float32)}
+    mean, std = normalization_statistics(example, normalization)
+    sample = {"image": image, "mean": mean, "std": std}
     if labelled:
         sample["label"] = tf.cast(example["sirna"], tf.int32)
     else:
@@ -279,3 +298,50 @@ def evaluation_dataset(config, *, split: str = "train", experiments=None, with_l
 
     dataset = dataset.map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.batch(batch_size or config.train.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def sirna_groups_from_split(
+    data_dir, builder: str, split: str = "train", exclude_experiments=()
+) -> np.ndarray | None:
+    """The siRNA groups of the plate design (`postprocess.sirna_groups_from_labels`) from the labels
+    of a split, leaving out `exclude_experiments` (e.g. the validation experiments being scored).
+
+    Reads identifiers and labels only, never images. None when the split is absent or holds no
+    labelled treatment well.
+    """
+    from deepnoise_tf import postprocess
+
+    register_builder()
+    if split not in tfds.builder(builder, data_dir=data_dir or None).info.splits:
+        return None
+    dataset = tfds.load(
+        builder,
+        split=split,
+        data_dir=data_dir or None,
+        download=False,  # RxRx1 is built with `tfds build`, never fetched here
+        decoders=tfds.decode.PartialDecoding({"experiment": True, "plate": True, "sirna": True}),
+    )
+    experiments, plates, labels = [], [], []
+    for batch in dataset.batch(8192).as_numpy_iterator():
+        names = np.asarray([name.decode() for name in batch["experiment"]])
+        keep = ~np.isin(names, list(exclude_experiments))
+        experiments.append(names[keep])
+        plates.append(batch["plate"][keep])
+        labels.append(batch["sirna"][keep])
+    if not experiments:
+        return None
+    groups = postprocess.sirna_groups_from_labels(
+        np.concatenate(experiments), np.concatenate(plates), np.concatenate(labels)
+    )
+    return groups if (groups >= 0).any() else None
+
+
+def require_built(data_dir, builder: str) -> None:
+    """Fails unless the data set is built: `tfds.load` would otherwise start a download."""
+    register_builder()
+    tfds_builder = tfds.builder(builder, data_dir=data_dir or None)
+    if not tfds_builder.is_prepared():
+        raise FileNotFoundError(
+            f"{builder} is not built in {tfds_builder.data_dir}: build it first "
+            "(`tfds build rxrx1 --imports tfds_rxrx1 --manual_dir ...`)"
+        )

@@ -22,15 +22,31 @@ def sirna_class_names(num_sirnas: int = constants.NUM_SIRNAS) -> list[str]:
     return [str(index) for index in range(num_sirnas)]
 
 
-def _ensemble_outputs(networks, images):
+def serving_outputs(networks, image, mean, std, *, image_size: int) -> dict:
+    """What `serving_default` computes, for exports and in-process models alike.
+
+    uint8 images of another size are resized (area) to `image_size`, normalized with the given
+    statistics, and run through every (backbone, head); logits are averaged in logit space (paper,
+    "Model ensemble"), unit embeddings concatenated and scaled by 1/sqrt(members).
+    """
+    images = tf.cast(image, tf.float32)
+    size = tf.shape(images)[1:3]
+    images = tf.cond(
+        tf.reduce_all(tf.equal(size, image_size)),
+        lambda: images,
+        lambda: tf.image.resize(images, (image_size, image_size), method="area"),
+    )
+    images = tf.ensure_shape(images, (None, image_size, image_size, constants.NUM_CHANNELS))
+    normalized = augment.normalize(images, mean, std)
     logits, embeddings = [], []
     for backbone, head in networks:
-        embedding = tf.cast(backbone(images, training=False), tf.float32)
+        embedding = tf.cast(backbone(normalized, training=False), tf.float32)
         logits.append(tf.cast(head(embedding, training=False), tf.float32))
         embeddings.append(tf.math.l2_normalize(embedding, axis=-1))
-    mean_logits = tf.add_n(logits) / float(len(logits))  # SPEC 8: average in logit space
+    mean_logits = tf.add_n(logits) / float(len(logits))
     embedding = tf.concat(embeddings, axis=-1) / tf.sqrt(float(len(embeddings)))
-    return mean_logits, embedding
+    probabilities = tf.nn.softmax(mean_logits[:, : constants.NUM_SIRNAS], axis=-1)
+    return {"probabilities": probabilities, "logits": mean_logits, "embedding": embedding}
 
 
 def export_saved_model(networks, path: str, *, image_size: int, normalization: str) -> str:
@@ -42,18 +58,7 @@ def export_saved_model(networks, path: str, *, image_size: int, normalization: s
     class_names = sirna_class_names()
 
     def serve(image, mean, std):
-        images = tf.cast(image, tf.float32)
-        size = tf.shape(images)[1:3]
-        images = tf.cond(
-            tf.reduce_all(tf.equal(size, image_size)),
-            lambda: images,
-            lambda: tf.image.resize(images, (image_size, image_size), method="area"),
-        )
-        images = tf.ensure_shape(images, (None, image_size, image_size, constants.NUM_CHANNELS))
-        normalized = augment.normalize(images, mean, std)
-        logits, embedding = _ensemble_outputs(networks, normalized)
-        probabilities = tf.nn.softmax(logits[:, : constants.NUM_SIRNAS], axis=-1)
-        return {"probabilities": probabilities, "logits": logits, "embedding": embedding}
+        return serving_outputs(networks, image, mean, std, image_size=image_size)
 
     archive.add_endpoint(
         "serving_default",
@@ -76,3 +81,33 @@ def export_saved_model(networks, path: str, *, image_size: int, normalization: s
     archive.add_endpoint("metadata", metadata, input_signature=[])
     archive.write_out(path, verbose=False)
     return path
+
+
+def check_compatible(configs) -> tuple[int, str]:
+    """The members' shared (image_size, normalization); raises ValueError if they differ.
+
+    One signature feeds every member the same pixels and statistics, so both must agree.
+    """
+    sizes = {int(config.data.image_size) for config in configs}
+    normalizations = {config.data.normalization for config in configs}
+    if len(sizes) != 1 or len(normalizations) != 1:
+        raise ValueError(
+            f"ensemble members must share image_size and normalization; got sizes {sorted(sizes)} "
+            f"and normalizations {sorted(normalizations)}"
+        )
+    return sizes.pop(), normalizations.pop()
+
+
+def export_run_folders(run_folders, output) -> str:
+    """Exports the inference networks of training folders as one SavedModel (an ensemble if several).
+
+    Each folder's network is rebuilt from its `config.json` and its best (else last) checkpoint.
+    """
+    from deepnoise_tf import factory, workdir
+
+    if not run_folders:
+        raise ValueError("name at least one training folder")
+    configs = [workdir.read_config(folder) for folder in run_folders]
+    image_size, normalization = check_compatible(configs)
+    networks = [factory.load_inference_network(folder)[1] for folder in run_folders]
+    return export_saved_model(networks, str(output), image_size=image_size, normalization=normalization)

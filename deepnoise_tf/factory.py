@@ -167,3 +167,21 @@ def build_model(config, steps_per_epoch: int) -> MeanTeacher:
         jit_compile=config.train.jit_compile,
     )
     return model
+
+
+def load_inference_network(run_folder):
+    """`(config, (backbone, head))` of a training folder, weights from its best (else last) checkpoint.
+
+    The inference network is the teacher when the run has one (`MeanTeacher.inference_network`).
+    Building the run may switch the global mixed-precision policy on; it is restored afterwards.
+    """
+    from deepnoise_tf import workdir
+
+    config = workdir.read_config(run_folder)
+    policy = keras.config.dtype_policy()
+    try:
+        model = build_model(config, steps_per_epoch=1)
+        model.load_weights(str(workdir.checkpoint(run_folder)))
+    finally:
+        keras.config.set_dtype_policy(policy)
+    return config, model.inference_network()
