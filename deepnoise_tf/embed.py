@@ -19,23 +19,9 @@ import sys
 import numpy as np
 import pandas as pd
 
-from deepnoise_tf import predict
+from deepnoise_tf import cli, inference
 
 FORMATS = (".npz", ".parquet")
-
-
-def well_embeddings(model, data_dir: str, **options) -> tuple[pd.DataFrame, np.ndarray]:
-    """`(wells, embeddings)`: one row per well (`predict.WELL_COLUMNS`) and float32 unit `[W, D]`.
-
-    `options`: `predict.predict_split_sites`'s keywords (builder, split, tta, batch_size, progress).
-    """
-    sites, _, site_embeddings = predict.predict_split_sites(
-        model, data_dir, with_embeddings=True, **options
-    )
-    wells, mean_embeddings = predict.aggregate_wells(sites, site_embeddings)
-    norms = np.linalg.norm(mean_embeddings, axis=1, keepdims=True)
-    embeddings = mean_embeddings / np.maximum(norms, np.finfo(np.float64).tiny)
-    return wells, embeddings.astype(np.float32)
 
 
 def write_embeddings(wells: pd.DataFrame, embeddings: np.ndarray, path) -> pathlib.Path:
@@ -62,16 +48,20 @@ def main(argv=None) -> pathlib.Path:
     parser = argparse.ArgumentParser(
         prog="python -m deepnoise_tf.embed", description=__doc__.split("\n")[0]
     )
-    predict.add_split_arguments(parser)
+    cli.add_split_arguments(parser)
     parser.add_argument("--output", required=True, help="wells.npz or wells.parquet")
     arguments = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if pathlib.Path(arguments.output).suffix not in FORMATS:
         parser.error(f"--output must end in one of {FORMATS}")
-    wells, embeddings = well_embeddings(
-        arguments.model, arguments.data_dir, **predict.split_options(arguments)
+    outputs = inference.predict_split(
+        {"model": inference.load_export(arguments.model)},
+        arguments.data_dir,
+        with_embeddings=True,
+        **cli.split_options(arguments),
     )
-    path = write_embeddings(wells, embeddings, arguments.output)
-    print(f"[deepnoise] wrote {len(wells)} well embeddings of size {embeddings.shape[1]} to {path}")
+    embeddings = outputs.embeddings["model"]
+    path = write_embeddings(outputs.wells, embeddings, arguments.output)
+    print(f"[deepnoise] wrote {len(outputs.wells)} well embeddings of size {embeddings.shape[1]} to {path}")
     return path
 
 
