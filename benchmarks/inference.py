@@ -3,7 +3,7 @@ post-processing time of a full RxRx1-sized test set (18 experiments x 4 plates x
 
 The model is an untrained export (throughput does not depend on the weights) built with
 `factory.build_network` at a CPU-sized image size and width, exported with `export.export_saved_model`
-and run exactly as `deepnoise_tf.predict` runs it (`predict.make_predictor`: uint8 images in, the
+and run exactly as `deepnoise_tf.predict` runs it (`inference.batch_function`: uint8 images in, the
 views stacked into one signature call). Images/s counts sites: with TTA each site costs 8 views.
 
     python benchmarks/inference.py                     # prints a summary and appends to BENCHMARKS.md
@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from deepnoise_tf import config as config_lib
-from deepnoise_tf import constants, export, factory, postprocess, predict
+from deepnoise_tf import constants, export, factory, inference, postprocess
 
 
 def build_export(backbone: str, size: int, width: float, directory: str) -> str:
@@ -47,7 +47,11 @@ def time_inference(
     loaded, size: int, batch_size: int, tta: bool, steps: int
 ) -> tuple[float, float]:
     """(sites/s over `steps` timed calls, seconds of the first call including tracing)."""
-    predictor = predict.make_predictor(loaded, tta=tta)
+    outputs = inference.batch_function({"model": loaded}, tta=tta)
+
+    def predictor(image, mean, std):
+        return outputs(image, mean, std)["model"]
+
     rng = np.random.default_rng(0)
     image = tf.constant(
         rng.integers(0, 256, (batch_size, size, size, constants.NUM_CHANNELS), dtype=np.uint8)
@@ -108,7 +112,7 @@ def main(argv=None):
 
     rows = []
     with tempfile.TemporaryDirectory() as directory:
-        loaded = predict.load_export(build_export(args.backbone, args.size, args.width, directory))
+        loaded = inference.load_export(build_export(args.backbone, args.size, args.width, directory))
         for batch_size in batch_sizes:
             plain, plain_first = time_inference(loaded, args.size, batch_size, False, args.steps)
             views, views_first = time_inference(loaded, args.size, batch_size, True, args.steps)

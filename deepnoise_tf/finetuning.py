@@ -13,9 +13,9 @@ from __future__ import annotations
 import copy
 import math
 import os
-import sys
 
-from deepnoise_tf import constants, training, workdir as workdir_lib
+from deepnoise_tf import constants, training
+from deepnoise_tf import workdir as workdir_lib
 
 BACKBONE_FILE = "pretrained_backbone.weights.h5"
 # Fields that fix the shapes of the backbone's weights: they must match the pretrained run.

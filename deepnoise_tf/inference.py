@@ -149,8 +149,9 @@ def site_batches(
 # Running predictors
 
 
-def _views_function(predictors: dict, tta: bool):
-    """One tf.function: every predictor's logits and embedding of a batch, views averaged if `tta`.
+def batch_function(predictors: dict, tta: bool):
+    """One tf.function `(image, mean, std) -> {name: (logits, embedding)}` for every predictor, the
+    test-time views averaged if `tta`.
 
     The dihedral views are applied to the uint8 images (they commute with the per-channel
     normalization and the resize); logits are averaged in logit space, embeddings averaged and
@@ -199,7 +200,7 @@ def predict_sites(
     """
     from tqdm.auto import tqdm
 
-    run = _views_function(predictors, tta)
+    run = batch_function(predictors, tta)
     columns = {name: [] for name in evaluation.SITE_COLUMNS}
     logits = {name: [] for name in predictors}
     embeddings = {name: [] for name in predictors}

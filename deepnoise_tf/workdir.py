@@ -79,7 +79,7 @@ def write_npz(path, **arrays) -> pathlib.Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp.npz")
     arrays = {
-        name: value.astype(str) if getattr(value, "dtype", None) == object else value
+        name: value.astype(str) if getattr(value, "dtype", None) is np.dtype(object) else value
         for name, value in arrays.items()
     }
     np.savez(temporary, **arrays)
