@@ -15,7 +15,8 @@ import tensorflow_datasets as tfds
 from conftest import serve_in_fresh_process
 
 from deepnoise_tf import config as config_lib
-from deepnoise_tf import constants, embed, ensemble, export, factory, predict, synthetic
+from deepnoise_tf import constants, embed, ensemble, evaluation, export, factory, inference, predict, synthetic
+from deepnoise_tf import workdir as workdir_lib
 
 IMAGE_SIZE = 16
 
@@ -164,36 +165,32 @@ def test_predict_cli_writes_a_valid_submission(data, members, test_sites, tmp_pa
 
 
 @pytest.mark.parametrize("tta", [False, True])
-def test_predict_wells_averages_sites_and_views_in_logit_space(data, members, test_sites, tta):
+def test_well_logits_average_sites_and_views_in_logit_space(data, members, test_sites, tta):
     data_dir, builder = data
     member = members[0]
-    wells = predict.predict_wells(
-        member["export"],
+    outputs = inference.predict_split(
+        {"model": inference.load_export(member["export"])},
         data_dir,
-        builder=builder,
-        split="test",
-        postprocess_method="none",
+        builder,
+        "test",
         tta=tta,
         batch_size=16,
-        progress=False,
-        sirna_groups=None,
     )
+    all_wells, logits = outputs.wells, outputs.logits["model"]
+    wells = evaluation.well_predictions(all_wells, logits, method="none", sirna_groups=None)
     mean, std = test_sites["plate_mean"], test_sites["plate_std"]  # the export says "plate"
     views = dihedral_views(test_sites["image"]) if tta else [test_sites["image"]]
     site_logits = np.mean(
         [keras_outputs(member["network"], view, mean, std)[0] for view in views], axis=0
     )
     reference = well_reference(test_sites, site_logits)
-    all_wells, logits = predict.split_well_logits(
-        member["export"], data_dir, builder=builder, tta=tta, batch_size=16, progress=False
-    )
     assert len(all_wells) == len(reference)  # controls too
     np.testing.assert_allclose(
         logits, [reference[well] for well in all_wells["id_code"]], atol=1e-4
     )
     expected = [np.argmax(reference[well][: constants.NUM_SIRNAS]) for well in wells["id_code"]]
     np.testing.assert_array_equal(wells["raw_prediction"], expected)
-    np.testing.assert_array_equal(wells["sirna"], expected)  # "none" without groups is the argmax
+    np.testing.assert_array_equal(wells["prediction"], expected)  # "none" without groups: the argmax
     labels = {
         well: label for well, label in zip(test_sites["id_code"], test_sites["sirna"], strict=True)
     }
@@ -217,7 +214,7 @@ def test_ensemble_export_averages_member_logits(members, tmp_path):
     std = rng.uniform(5, 20, size=(4, 6)).astype(np.float32)
 
     def serve(path):
-        loaded = predict.load_export(path)
+        loaded = inference.load_export(path)
         outputs = loaded.serve(image=images, mean=mean, std=std)
         return loaded, {name: value.numpy().astype(np.float64) for name, value in outputs.items()}
 
@@ -238,15 +235,15 @@ def test_ensemble_export_averages_member_logits(members, tmp_path):
 
 
 def test_ensemble_rejects_members_that_disagree(members, tmp_path):
-    configs = [ensemble.workdir_config(member["workdir"]) for member in members]
-    assert ensemble.check_compatible(configs) == (IMAGE_SIZE, "plate")
+    configs = [workdir_lib.read_config(member["workdir"]) for member in members]
+    assert export.check_compatible(configs) == (IMAGE_SIZE, "plate")
     other = json.loads((members[1]["workdir"] / "config.json").read_text())
     other["data"]["normalization"] = "experiment"
     (tmp_path / "config.json").write_text(json.dumps(other))
     with pytest.raises(ValueError, match="normalization"):
-        ensemble.check_compatible(configs + [ensemble.workdir_config(tmp_path)])
+        export.check_compatible(configs + [workdir_lib.read_config(tmp_path)])
     with pytest.raises(FileNotFoundError):
-        ensemble.workdir_checkpoint(tmp_path)
+        workdir_lib.checkpoint(tmp_path)
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".parquet"])
@@ -288,4 +285,19 @@ def test_predict_without_test_labels_writes_no_accuracy(members, tmp_path):
     assert (wells["label"] == constants.UNKNOWN_LABEL).all()
     assert len(pd.read_csv(output)) == len(wells) > 0
     assert not (tmp_path / "submission_accuracy.csv").exists()
-    assert predict.accuracy_report(wells, "balance") is None
+    assert evaluation.accuracy_report(wells, "balance") is None
+
+
+def test_in_memory_predictor_serves_what_the_export_serves(data, members):
+    """`inference.from_run_folder` (pipeline, report) and the export give the same well logits."""
+    data_dir, builder = data
+    member = members[0]
+    options = {"experiments": (), "batch_size": 16}
+    exported = inference.predict_split(
+        {"model": inference.load_export(member["export"])}, data_dir, builder, "test", **options
+    )
+    in_memory = inference.predict_split(
+        {"model": inference.from_run_folder(member["workdir"])}, data_dir, builder, "test", **options
+    )
+    assert exported.wells.equals(in_memory.wells)
+    np.testing.assert_allclose(exported.logits["model"], in_memory.logits["model"], atol=1e-4)
