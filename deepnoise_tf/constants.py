@@ -1,26 +1,51 @@
-"""RxRx1 facts, named once (see ../shared/SPEC.md section 1 and the RxRx1 metadata)."""
+"""Constants of deepnoise_tf: the RxRx1 facts (named once, in `tfds_rxrx1.rxrx1.facts`) and model options."""
 
-NUM_CHANNELS = 6
-CHANNEL_NAMES = ("nucleus", "er", "actin", "nucleolus", "mitochondria", "golgi")  # w1..w6
+from tfds_rxrx1.rxrx1.facts import (
+    CELL_TYPES,
+    CHANNEL_NAMES,
+    FIRST_CONTROL,
+    IMAGE_SIZE,
+    NEGATIVE_CONTROL,
+    NUM_CHANNELS,
+    NUM_CLASSES,
+    NUM_CONTROLS,
+    NUM_PLATE_GROUPS,
+    NUM_SIRNAS,
+    PLATES_PER_EXPERIMENT,
+    SIRNAS_PER_PLATE,
+    SITES_PER_WELL,
+    STATISTIC_GROUPS,
+    UNKNOWN_LABEL,
+    WELL_COLUMNS,
+    WELL_ROWS,
+    WELL_TYPES,
+    WELLS_PER_PLATE,
+)
 
-NUM_SIRNAS = 1108  # treatment classes 0..1107
-NUM_CONTROLS = 31  # 30 positive controls 1108..1137, negative control 1138
-NUM_CLASSES = NUM_SIRNAS + NUM_CONTROLS  # 1139 training classes
-FIRST_CONTROL = NUM_SIRNAS
-NEGATIVE_CONTROL = 1138
-UNKNOWN_LABEL = -1  # label hidden (Kaggle test treatments) or withheld from training
+__all__ = [
+    "CELL_TYPES",
+    "CHANNEL_NAMES",
+    "FIRST_CONTROL",
+    "IMAGE_SIZE",
+    "NEGATIVE_CONTROL",
+    "NORMALIZATIONS",
+    "NUM_CHANNELS",
+    "NUM_CLASSES",
+    "NUM_CONTROLS",
+    "NUM_PLATE_GROUPS",
+    "NUM_SIRNAS",
+    "PLATES_PER_EXPERIMENT",
+    "SIRNAS_PER_PLATE",
+    "SITES_PER_WELL",
+    "STATISTIC_GROUPS",
+    "TEACHER_STATISTICS",
+    "UNKNOWN_LABEL",
+    "WELL_COLUMNS",
+    "WELL_ROWS",
+    "WELL_TYPES",
+    "WELLS_PER_PLATE",
+]
 
-NUM_PLATE_GROUPS = 4
-SIRNAS_PER_PLATE = 277  # one group of 277 treatment siRNAs per plate
-PLATES_PER_EXPERIMENT = 4
-SITES_PER_WELL = 2
-WELL_ROWS = tuple("BCDEFGHIJKLMNO")  # rows B..O of a 384-well plate
-WELL_COLUMNS = tuple(range(2, 24))  # columns 02..23
-WELLS_PER_PLATE = len(WELL_ROWS) * len(WELL_COLUMNS)  # 308
-
-CELL_TYPES = ("HEPG2", "HUVEC", "RPE", "U2OS")
-WELL_TYPES = ("treatment", "positive_control", "negative_control")
-NORMALIZATIONS = ("plate", "experiment", "cell_type", "none")
-
-IMAGE_SIZE = 512  # native RxRx1 resolution
+# Normalize by the statistics of one of the stored groups (paper eqs. 1-3), or not at all.
+NORMALIZATIONS = (*STATISTIC_GROUPS, "none")
 TEACHER_STATISTICS = ("ema", "batch")  # where the teacher's batch-norm statistics come from

@@ -14,7 +14,8 @@ from PIL import Image
 
 import tfds_rxrx1  # noqa: F401  (registers rxrx1)
 from deepnoise_tf import constants, synthetic
-from tfds_rxrx1.rxrx1 import rxrx1_dataset_builder as builder_module
+from tfds_rxrx1.rxrx1 import pixels
+from tfds_rxrx1.rxrx1.source import SourceError
 
 
 def build(manual_dir, data_dir, config="native", **download_options):
@@ -123,7 +124,7 @@ def test_downsample_non_integer_factor_is_an_area_average():
     image = np.random.default_rng(0).integers(0, 256, (96, 96), dtype=np.uint8)
     # 96 -> 64 is x2 nearest (192) then 3x3 block means: an exact area average by another route.
     expected = block_average(image.repeat(2, axis=0).repeat(2, axis=1)[..., None], 64)[..., 0]
-    difference = np.abs(builder_module.downsample(image, 64).astype(int) - expected)
+    difference = np.abs(pixels.downsample(image, 64).astype(int) - expected)
     assert difference.max() <= 1 and (difference > 0).mean() < 0.01  # only float ties may differ
 
 
@@ -312,7 +313,7 @@ def test_bad_input_fails_clearly_and_leaves_nothing_complete(case, small_release
     source = tmp_path / "source"
     shutil.copytree(root, source)
     expected = BAD_INPUTS[case](source)
-    with pytest.raises(builder_module.SourceError) as error:
+    with pytest.raises(SourceError) as error:
         build(source, tmp_path / "out")
     assert expected in str(error.value), str(error.value)
     if case not in (
@@ -335,11 +336,11 @@ def test_kaggle_unknown_cell_type_and_duplicates_name_the_row(kaggle_source, tmp
     shutil.copytree(root, source)
     controls = pd.read_csv(source / "train_controls.csv")
     pd.concat([controls, controls.iloc[[2]]]).to_csv(source / "train_controls.csv", index=False)
-    with pytest.raises(builder_module.SourceError, match="duplicate id .*train_controls.csv"):
+    with pytest.raises(SourceError, match="duplicate id .*train_controls.csv"):
         build(source, tmp_path / "out")
     controls.to_csv(source / "train_controls.csv", index=False)
     train = pd.read_csv(source / "train.csv")
     train.loc[0, "experiment"] = "HELA-01"
     train.to_csv(source / "train.csv", index=False)
-    with pytest.raises(builder_module.SourceError, match="train.csv:2: cell_type='HELA'"):
+    with pytest.raises(SourceError, match="train.csv:2: cell_type='HELA'"):
         build(source, tmp_path / "out")

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from conftest import channel_paths, read_png_stack
 
-from deepnoise_tf import constants, synthetic
+from deepnoise_tf import constants, synthetic, synthetic_images
 
 GRID = [f"{row}{column:02d}" for row in "BCDEFGHIJKLMNO" for column in range(2, 24)]
 
@@ -243,13 +243,13 @@ def test_elongation_changes_shape_but_not_the_channel_moments():
     sirnas = np.zeros(64, np.int64)
 
     def render(elongation):
-        phenotypes = synthetic._Phenotypes(
+        phenotypes = synthetic_images.Phenotypes(
             intensity=np.ones((1, channels)),
             size=np.ones((1, channels)),
             elongation=np.full((1, channels), elongation),
             count=np.ones(1),
         )
-        return synthetic._render_sites(
+        return synthetic_images.render_sites(
             sirnas, np.ones((64, channels)), np.full((64, channels), 20.0), look, phenotypes,
             parameters, np.random.default_rng(0),
         ).astype(np.float64)  # fmt: skip
