@@ -246,13 +246,28 @@ def argument_parser(prog: str, description: str):
 
 def parse_arguments(parser, argv):
     """(parsed arguments, validated config): the parser's own arguments plus `--config.path=value`s."""
-    known, rest = parser.parse_known_args(argv)
-    overrides = {}
-    for argument in rest:
-        if not argument.startswith("--config.") or "=" not in argument:
-            parser.error(f"unrecognized argument {argument!r} (overrides look like --config.train.epochs=3)")
-        path, _, value = argument[len("--config.") :].partition("=")
-        overrides[path] = value
+    rest, overrides = split_overrides(parser, argv)
+    known, unknown = parser.parse_known_args(rest)
+    if unknown:
+        parser.error(f"unrecognized arguments {unknown} (overrides look like --config.train.epochs=3)")
     config = load(known.config)
     config = validate(apply_overrides(config, overrides))
     return known, config
+
+
+def split_overrides(parser, argv) -> tuple[list[str], dict[str, str]]:
+    """(the other arguments, {dotted path: value text}) of every `--config.path=value` in `argv`.
+
+    Overrides are taken out before argparse sees them: it reads a value holding a space (a tuple)
+    as a positional argument, which an `nargs="+"` flag before it would swallow.
+    """
+    rest, overrides = [], {}
+    for argument in argv:
+        if not argument.startswith("--config."):
+            rest.append(argument)
+            continue
+        if "=" not in argument:
+            parser.error(f"{argument!r}: overrides look like --config.train.epochs=3")
+        path, _, value = argument[len("--config.") :].partition("=")
+        overrides[path] = value
+    return rest, overrides

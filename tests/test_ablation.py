@@ -15,8 +15,9 @@ import pytest
 import scipy.special
 import tensorflow_datasets as tfds
 
-from deepnoise_tf import ablation, constants, synthetic
+from deepnoise_tf import ablation, ablation_steps, baselines, constants, evaluation, synthetic
 from deepnoise_tf import config as config_lib
+from deepnoise_tf import workdir as workdir_lib
 
 VAL_EXPERIMENTS = ("HEPG2-02", "HUVEC-02")
 DATA_PARAMETERS = {"preset": "tiny", "train_experiments": 2, "test_experiments": 1}
@@ -76,7 +77,7 @@ def test_softmax_regression_gradient_matches_finite_differences():
     rng = np.random.default_rng(0)
     features, targets = rng.normal(size=(20, 3)), rng.integers(0, 4, size=20)
     parameters = rng.normal(size=3 * 4 + 4)
-    loss, gradient = ablation.softmax_regression_objective(parameters, features, targets, 4, 0.3)
+    loss, gradient = baselines.softmax_regression_objective(parameters, features, targets, 4, 0.3)
     reference = lambda p: reference_objective(p, features, targets, 4, 0.3)  # noqa: E731
     assert loss == pytest.approx(reference(parameters), rel=1e-10)
     np.testing.assert_allclose(gradient, central_gradient(reference, parameters), atol=1e-7)
@@ -88,7 +89,7 @@ def test_softmax_regression_reaches_the_optimum_and_solves_a_separable_problem()
     centres = rng.normal(scale=6.0, size=(3, 5))
     which = rng.integers(0, 3, size=90)
     features = centres[which] + rng.normal(size=(90, 5))
-    model = ablation.fit_softmax_regression(features, labels[which], l2=1e-3)
+    model = baselines.fit_softmax_regression(features, labels[which], l2=1e-3)
 
     # First-order optimality of the independent objective on the standardized features.
     standardized = (features - features.mean(0)) / features.std(0)
@@ -103,7 +104,7 @@ def test_softmax_regression_reaches_the_optimum_and_solves_a_separable_problem()
         probabilities = model.probabilities(points)
         np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-12)
         np.testing.assert_array_equal(model.classes[probabilities.argmax(1)], labels[truth])
-    full = ablation.full_class_logits(model, fresh)
+    full = baselines.full_class_logits(model, fresh)
     assert full.shape == (50, constants.NUM_CLASSES)
     np.testing.assert_array_equal(full.argmax(1), labels[fresh_which])
 
@@ -112,7 +113,7 @@ def test_intensity_features_are_moments_of_the_normalized_image():
     rng = np.random.default_rng(2)
     images = rng.integers(0, 256, size=(3, 8, 8, 6), dtype=np.uint8)
     mean, std = rng.uniform(20, 60, size=(3, 6)), rng.uniform(5, 20, size=(3, 6))
-    features = ablation.intensity_features(images, mean, std)
+    features = baselines.intensity_features(images, mean, std)
     for site in range(3):
         normalized = (images[site].astype(np.float64) - mean[site]) / std[site]
         flat = normalized.reshape(-1, 6)
@@ -124,15 +125,15 @@ def test_intensity_features_are_moments_of_the_normalized_image():
 
 
 def differing_fields(a, b):
-    return {line.split(":")[0] for line in ablation.config_differences(a.to_dict(), b.to_dict())}
+    return {line.split(":")[0] for line in workdir_lib.config_differences(a.to_dict(), b.to_dict())}
 
 
 def test_steps_differ_only_where_the_paper_ablation_says():
     configs = {
-        step.name: ablation.step_config(
+        step.name: ablation_steps.step_config(
             step, scale="cpu", overrides={"data.normalization": "'none'"}
         )
-        for step in ablation.STEPS
+        for step in ablation_steps.STEPS
         if step.trains
     }
     plate = configs["norm_plate"]
@@ -148,11 +149,11 @@ def test_steps_differ_only_where_the_paper_ablation_says():
     assert differing_fields(configs["mean_teacher_wide"], configs["mean_teacher"]) == {
         "model.backbone"
     }
-    for name, value in ablation.CPU_SETTINGS.items():
+    for name, value in ablation_steps.CPU_SETTINGS.items():
         section, field = name.split(".")
         assert all(config[section][field] == value for config in configs.values())
-    morphology = ablation.step_config(ablation.STEPS[3], scale="cpu_morphology")
-    assert differing_fields(morphology, ablation.step_config(ablation.STEPS[3], scale="cpu")) == {
+    morphology = ablation_steps.step_config(ablation_steps.STEPS[3], scale="cpu_morphology")
+    assert differing_fields(morphology, ablation_steps.step_config(ablation_steps.STEPS[3], scale="cpu")) == {
         "data.synthetic_preset", "train.epochs", "train.learning_rates", "train.lr_epoch_boundaries",
         "model.arcface_margin_warmup_epochs", "mean_teacher.consistency_start_epoch",
     }  # fmt: skip
@@ -160,9 +161,9 @@ def test_steps_differ_only_where_the_paper_ablation_says():
     assert max(morphology.train.lr_epoch_boundaries) < morphology.train.epochs == 64
     assert 0 < morphology.model.arcface_margin_warmup_epochs < morphology.train.epochs
     assert morphology.mean_teacher.consistency_start_epoch == 32.0  # docs/ablation.md's runs
-    cpu_rates = ablation.step_config(ablation.STEPS[3], scale="cpu").train.learning_rates
+    cpu_rates = ablation_steps.step_config(ablation_steps.STEPS[3], scale="cpu").train.learning_rates
     assert np.allclose(np.array(cpu_rates) / np.array(morphology.train.learning_rates), 3.0, rtol=0.02)
-    paper = ablation.step_config(ablation.STEPS[3], scale="paper")
+    paper = ablation_steps.step_config(ablation_steps.STEPS[3], scale="paper")
     assert paper.data.image_size == constants.IMAGE_SIZE and paper.train.epochs == 160
     assert paper.mean_teacher.consistency_start_epoch == 0.0
 
@@ -174,14 +175,14 @@ def test_steps_differ_only_where_the_paper_ablation_says():
 def validation_wells(truth):
     wells = truth[truth["experiment"].isin(VAL_EXPERIMENTS)].drop_duplicates("id_code")
     wells = wells.rename(columns={"sirna": "label"}).reset_index(drop=True)
-    return wells[["id_code", "experiment", "plate", "cell_type", "well_type", "label"]]
+    return wells[list(evaluation.WELL_COLUMNS)]
 
 
 def crafted_logits(wells, step_name):
     """Single models: noise plus a bonus for the truth on some wells. Mean teachers: the truth at 6,
     a class of another plate group at 6.5 on every third treatment well (both members), and
     member-specific jitter, so only the plate prior gets everything right."""
-    seed = ablation.STEP_NAMES.index(step_name)
+    seed = ablation_steps.STEP_NAMES.index(step_name)
     rng = np.random.default_rng(seed)
     labels = wells["label"].to_numpy()
     rows = np.arange(len(wells))
@@ -205,7 +206,7 @@ def expected_accuracy(wells, logits):
 
 
 class StandIns:
-    """Records calls; 'training' writes what train.py would leave behind for the resume logic."""
+    """Records calls; 'training' writes what training.run leaves behind for the resume logic."""
 
     def __init__(self, wells):
         self.wells, self.trained, self.evaluated = wells, [], []
@@ -214,8 +215,7 @@ class StandIns:
         workdir = pathlib.Path(workdir)
         self.trained.append(workdir.name)
         (workdir / "config.json").write_text(config_lib.to_json(config))
-        (workdir / "checkpoints").mkdir(exist_ok=True)
-        (workdir / "checkpoints" / "last.weights.h5").write_bytes(b"")
+        workdir_lib.mark_done(workdir, {"epochs": config.train.epochs})  # training.run's last write
 
     def evaluator(self, config, workdir):
         name = pathlib.Path(workdir).name
@@ -232,7 +232,7 @@ def stand_in_run(tiny_data, tmp_path_factory):
 
     def run(**kwargs):
         kwargs.setdefault("overrides", TINY_OVERRIDES)
-        return ablation.run_ablation(
+        return ablation_steps.run_ablation(
             workdir, data_dir=data_dir, builder=builder, scale="cpu",
             trainer=stand_ins.trainer, evaluator=stand_ins.evaluator, **kwargs,
         )  # fmt: skip
@@ -243,10 +243,10 @@ def stand_in_run(tiny_data, tmp_path_factory):
 
 def test_table_schema_order_and_accuracies_match_numpy(stand_in_run):
     workdir, stand_ins, _, table = stand_in_run
-    written = pd.read_csv(workdir / ablation.TABLE_FILE)
+    written = pd.read_csv(workdir / ablation_steps.TABLE_FILE)
     assert written.columns[0] == "step" and written.columns[-1] == "accuracy"
-    assert list(written["step"]) == list(ablation.STEP_NAMES)
-    assert stand_ins.trained == [step.name for step in ablation.STEPS if step.trains]
+    assert list(written["step"]) == list(ablation_steps.STEP_NAMES)
+    assert stand_ins.trained == [step.name for step in ablation_steps.STEPS if step.trains]
 
     wells = stand_ins.wells
     treatment_wells = int((wells["well_type"] == "treatment").sum())
@@ -264,7 +264,7 @@ def test_table_schema_order_and_accuracies_match_numpy(stand_in_run):
     assert accuracy["postprocess"] == 1.0  # ...which the plate prior rules out
     assert 0.0 <= accuracy["linear_floor"] <= 1.0
 
-    by_cell_type = pd.read_csv(workdir / ablation.CELL_TYPE_TABLE_FILE)
+    by_cell_type = pd.read_csv(workdir / ablation_steps.CELL_TYPE_TABLE_FILE)
     plate = by_cell_type[by_cell_type["step"] == "norm_plate"].set_index("cell_type")
     assert set(plate.index) == {"HEPG2", "HUVEC"}
     assert plate["wells"].sum() == treatment_wells
@@ -278,7 +278,7 @@ def test_ordering_checks_read_the_table():
         {"step": ["linear_floor", "norm_cell_type", "norm_experiment", "norm_plate", "arcface"],
          "accuracy": [0.3, 0.4, 0.5, 0.6, 0.55]}
     )  # fmt: skip
-    checks = dict(ablation.ordering_checks(table))
+    checks = dict(ablation_steps.ordering_checks(table))
     assert checks == {
         "3A: plate > experiment > cell-type normalization": True,
         "3B: each step at least as good as the one before": False,
@@ -294,7 +294,8 @@ def test_rerun_skips_finished_steps_and_redoes_only_what_is_missing(stand_in_run
     assert stand_ins.trained == [] and stand_ins.evaluated == []
     pd.testing.assert_frame_equal(again, first)
 
-    (workdir / "arcface" / ablation.LOGITS_FILE).unlink()  # trained, not evaluated: evaluate only
+    # Trained, evaluation unmarked (its logits may be half written): evaluate only.
+    (workdir / "arcface" / ablation_steps.EVALUATION_FOLDER / workdir_lib.DONE_FILE).unlink()
     run(steps=("arcface",))
     assert stand_ins.trained == [] and stand_ins.evaluated == ["arcface"]
 
@@ -307,8 +308,8 @@ def test_rerun_skips_finished_steps_and_redoes_only_what_is_missing(stand_in_run
     run(steps=("norm_plate",), overrides=two_epochs)
     assert stand_ins.trained == ["norm_experiment"]
     assert "norm_plate was trained with train.epochs: 1 -> 2" in capsys.readouterr().out
-    (workdir / "norm_plate" / "checkpoints" / "last.weights.h5").unlink()
-    (workdir / "norm_plate" / ablation.LOGITS_FILE).unlink()
+    (workdir / "norm_plate" / workdir_lib.DONE_FILE).unlink()  # training not finished
+    (workdir / "norm_plate" / ablation_steps.EVALUATION_FOLDER / workdir_lib.DONE_FILE).unlink()
     with pytest.raises(ValueError, match="train.epochs: 1 -> 2"):
         run(steps=("norm_plate",), overrides=two_epochs)
 
@@ -333,12 +334,27 @@ def test_command_line_trains_a_real_step_and_resumes_without_retraining(
     assert (step / "export" / "saved_model.pb").is_file() and (step / "metrics.csv").is_file()
     config = json.loads((step / "config.json").read_text())
     assert config["data"]["normalization"] == "plate" and config["model"]["head"] == "softmax"
+    assert workdir_lib.read_done(step) is not None
+    assert workdir_lib.read_done(step / ablation_steps.EVALUATION_FOLDER)["wells"] > 0
+    assert (step / "report" / "training_curves.png").is_file()
+    assert (step / "report" / "metrics_summary.csv").is_file()
     assert "norm_plate" in capsys.readouterr().out
 
-    from deepnoise_tf import train
+    from deepnoise_tf import training
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished step was trained again")
 
-    monkeypatch.setattr(train, "train", no_training)
+    monkeypatch.setattr(training, "run", no_training)
     pd.testing.assert_frame_equal(ablation.main(argv), table)
+
+
+def test_command_line_takes_overrides_out_before_argparse():
+    arguments, overrides = ablation.parse_command_line(
+        ["--workdir", "w", "--steps", "arcface", "--config.data.val_experiments=('A-01', 'B-01')",
+         "--config.train.epochs=2"]
+    )  # fmt: skip
+    assert arguments.steps == ["arcface"]
+    assert overrides == {"data.val_experiments": "('A-01', 'B-01')", "train.epochs": "2"}
+    with pytest.raises(SystemExit):
+        ablation.parse_command_line(["--workdir", "w", "--config.train.epochs"])

@@ -1,0 +1,498 @@
+"""The ablation study (paper Fig. 3A/3B plus a linear floor): its steps, their configs, runs and scores.
+
+A training step trains one config in `DIR/<step>/` (a `training.run` folder, finished when it holds
+`done.json`) and caches its validation logits in `DIR/<step>/evaluation/` (`logits.npz`, then
+`done.json`): a step with that marker is never redone. Derived steps average the cached logits of
+their members and may add the plate prior. `run_ablation` runs what is missing, then scores every
+cached step into `DIR/ablation.csv`, `DIR/ablation_by_cell_type.csv` and the Fig. 3A/3B charts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import time
+
+import ml_collections
+import numpy as np
+import pandas as pd
+
+from deepnoise_tf import baselines, data, evaluation, plots
+from deepnoise_tf import config as config_lib
+from deepnoise_tf import workdir as workdir_lib
+
+CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+EVALUATION_FOLDER = "evaluation"  # in each step's folder: logits.npz, then done.json
+LOGITS_FILE = "logits.npz"
+REPORT_FOLDER = "report"  # in each training step's folder: its training curves
+TABLE_FILE = "ablation.csv"
+CELL_TYPE_TABLE_FILE = "ablation_by_cell_type.csv"
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One row of the ablation table.
+
+    A training step trains `config_file[:variant]` plus `overrides` in `DIR/<name>`; a derived step
+    averages the validation logits of `members` (paper, "Model ensemble") and may add the plate prior.
+    """
+
+    name: str
+    figure: str  # "3A", "3B", "3A+3B", "floor" or "member" (trained for the ensemble only)
+    description: str
+    config_file: str = ""
+    variant: str = ""
+    overrides: tuple[tuple[str, object], ...] = ()
+    members: tuple[str, ...] = ()
+    plate_prior: bool = False
+    paper_accuracy: float = float("nan")  # % top-1 on RxRx1 (paper Fig. 3)
+
+    @property
+    def trains(self) -> bool:
+        return bool(self.config_file)
+
+
+_MEAN_TEACHERS = ("mean_teacher", "mean_teacher_wide")
+_PLATE = (("data.normalization", "plate"),)
+STEPS = (
+    Step("linear_floor", "floor", "logistic regression, plate-normalized channel mean/std"),
+    Step(
+        "norm_cell_type", "3A", "Model 1, cell-type normalization", "model1_softmax.py",
+        overrides=(("data.normalization", "cell_type"),), paper_accuracy=51.549,
+    ),
+    Step(
+        "norm_experiment", "3A", "Model 1, experiment normalization", "model1_softmax.py",
+        overrides=(("data.normalization", "experiment"),), paper_accuracy=62.901,
+    ),
+    Step(
+        "norm_plate", "3A+3B", "Model 1: softmax Xception, plate normalization", "model1_softmax.py",
+        overrides=_PLATE, paper_accuracy=74.580,
+    ),
+    # "The following ablation studies were all based on the plate-based normalization strategy."
+    Step("arcface", "3B", "Model 2: ArcFace", "model2_arcface.py", overrides=_PLATE,
+         paper_accuracy=85.542),
+    Step("mean_teacher", "3B", "Model 3: ArcFace + mean teacher", "model3_mean_teacher.py",
+         overrides=_PLATE, paper_accuracy=90.145),
+    Step("mean_teacher_wide", "member", "ArcFace + mean teacher, Xception-Wide",
+         "model3_mean_teacher.py", variant="wide", overrides=_PLATE),
+    Step("ensemble", "3B", "Model 4: Xception + Xception-Wide teachers", members=_MEAN_TEACHERS,
+         paper_accuracy=95.535),
+    Step("postprocess", "3B", "Model 4 + plate prior", members=_MEAN_TEACHERS, plate_prior=True,
+         paper_accuracy=99.596),
+)  # fmt: skip
+STEP_NAMES = tuple(step.name for step in STEPS)
+STEPS_BY_NAME = {step.name: step for step in STEPS}
+PAPER_ACCURACY = {step.name: step.paper_accuracy for step in STEPS}
+FIGURE_3A = ("norm_cell_type", "norm_experiment", "norm_plate")
+FIGURE_3B = ("norm_plate", "arcface", "mean_teacher", "ensemble", "postprocess")
+
+# On top of each config's `:cpu` variant, which keeps its image size, width, epochs, learning rates
+# and mean-teacher schedule (config.cpu_scale, tuned on the quickstart data). The `ablation` preset
+# has 2x the classes and 3x the labelled wells of `quickstart` (64 siRNAs; 12 training and 4
+# validation experiments, 256 validation treatment wells), so differences of a few points are
+# measurable. 32 px images were tried and are too small: at an output stride of 32 the Xception
+# exit flow sees one pixel, and every deep model stayed near 10 % (docs/ablation.md).
+# `--scale cpu_morphology` swaps in the shape phenotype (`ablation_morphology`); its models were
+# still climbing at 32 epochs, and two runs on near-identical inputs differed by up to 0.2, so it
+# trains 64 epochs (learning-rate steps at 48 and 58). Trained from scratch on shape, ArcFace stalls
+# under its full margin and trails softmax at cpu_scale's 3e-3, hence the margin warm-up and a third
+# of the learning rate for every step (measured in docs/ablation.md, "ArcFace at CPU scale"). With
+# consistency from the start the Xception mean teacher ended below ArcFace alone; the paper's
+# labelled-only phase first fixed it ("Mean teacher at CPU scale" there).
+CPU_SETTINGS = {
+    "data.synthetic_preset": "ablation",
+}
+SCALE_SETTINGS = {
+    "cpu": CPU_SETTINGS,
+    "cpu_morphology": {
+        **CPU_SETTINGS,
+        "data.synthetic_preset": "ablation_morphology",
+        "train.epochs": 64,
+        "train.learning_rates": (1e-3, 3.3e-4, 3.3e-5),
+        "train.lr_epoch_boundaries": (48, 58),
+        "model.arcface_margin_warmup_epochs": 16.0,
+        "mean_teacher.consistency_start_epoch": 32.0,
+    },
+    "paper": {},
+}
+SCALES = tuple(SCALE_SETTINGS)
+
+# ------------------------------------------------------------------------------------------------
+# Configs (pure)
+
+
+def step_config(step: Step, *, scale: str = "cpu", overrides: dict[str, str] | None = None,
+                configs_dir: str | pathlib.Path = CONFIGS_DIR):  # fmt: skip
+    """The config one training step runs: file[:variant], scale settings, user overrides, the step's own.
+
+    The step's overrides come last, so an override for every step cannot undo what the step tests.
+    """
+    if not step.trains:
+        raise ValueError(f"step {step.name!r} trains nothing")
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    on_cpu = scale != "paper"
+    variant = "_".join(part for part in ("cpu" if on_cpu else "", step.variant) if part)
+    spec = str(pathlib.Path(configs_dir) / step.config_file) + (f":{variant}" if variant else "")
+    config = config_lib.load(spec)
+    settings = SCALE_SETTINGS[scale]
+    config = config_lib.apply_overrides(config, {k: repr(v) for k, v in settings.items()})
+    config = config_lib.apply_overrides(config, dict(overrides or {}))
+    config = config_lib.apply_overrides(config, {k: repr(v) for k, v in step.overrides})
+    return config_lib.validate(config)
+
+
+def with_data(config, data_dir: str, builder: str):
+    """The config reading `builder` from `data_dir` (and generating nothing)."""
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.data.data_dir = str(data_dir)
+        config.data.builder = builder or config.data.builder
+        config.data.synthetic_preset = ""
+    return config
+
+
+def floor_config(config):
+    """What the linear floor depends on: the data section only (no training settings)."""
+    return ml_collections.ConfigDict({"data": config.data.to_dict()})
+
+
+# ------------------------------------------------------------------------------------------------
+# A step's cached result: DIR/<step>/evaluation/{logits.npz, done.json}
+
+
+def is_cached(step_folder) -> bool:
+    """Whether the step's validation logits are complete (its evaluation marker exists)."""
+    return workdir_lib.read_done(pathlib.Path(step_folder) / EVALUATION_FOLDER) is not None
+
+
+def save_step_logits(step_folder, wells: pd.DataFrame, logits: np.ndarray, seconds: float) -> None:
+    """Writes the logits atomically, then the marker: an interrupted write never looks finished."""
+    folder = pathlib.Path(step_folder) / EVALUATION_FOLDER
+    arrays = {name: wells[name].to_numpy() for name in evaluation.WELL_COLUMNS}
+    workdir_lib.write_npz(folder / LOGITS_FILE, logits=np.asarray(logits, np.float32), **arrays)
+    workdir_lib.mark_done(folder, {"seconds": float(seconds), "wells": len(wells)})
+
+
+def load_step_logits(step_folder) -> tuple[pd.DataFrame, np.ndarray, float]:
+    """`(wells, logits [W, 1139] float64, seconds the step took)` of a cached step."""
+    folder = pathlib.Path(step_folder) / EVALUATION_FOLDER
+    record = workdir_lib.read_done(folder)
+    if record is None:
+        raise FileNotFoundError(f"{folder} holds no finished evaluation")
+    with np.load(folder / LOGITS_FILE) as stored:
+        wells = pd.DataFrame({name: stored[name] for name in evaluation.WELL_COLUMNS})
+        return wells, stored["logits"].astype(np.float64), float(record["seconds"])
+
+
+def training_finished(step_folder) -> bool:
+    return workdir_lib.read_done(step_folder) is not None  # training.run writes it last
+
+
+# ------------------------------------------------------------------------------------------------
+# Training and evaluating one step
+
+
+def write_training_curves(step_folder) -> None:
+    """`<step>/report/`: `training_curves.png`, `metrics_summary.csv` and `summary.md` (Fig. 5)."""
+    step_folder = pathlib.Path(step_folder)
+    metrics_path = step_folder / workdir_lib.METRICS_FILE
+    if not metrics_path.is_file():
+        return
+    output = step_folder / REPORT_FOLDER
+    metrics = workdir_lib.read_metrics(metrics_path)
+    plots.plot_training_curves(metrics, output / "training_curves.png")
+    summary = workdir_lib.metrics_summary(metrics)
+    workdir_lib.write_csv(summary, output / "metrics_summary.csv")
+    workdir_lib.write_text(
+        output / "summary.md",
+        f"# Report: `{step_folder}`\n\n## Training curves\n\n![training curves](training_curves.png)\n\n"
+        f"```\n{summary.to_string(index=False)}\n```\n",
+    )
+
+
+def default_trainer(config, step_folder: str) -> None:
+    import keras
+
+    from deepnoise_tf import training
+
+    training.run(config, step_folder)
+    keras.backend.clear_session()  # six trainings in one process: free the last one's graphs
+
+
+def default_evaluator(config, step_folder: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """Validation wells (train split, the config's cell types) and their site-averaged logits.
+
+    Uses the step's export when it has one, else its checkpoint; also draws its training curves.
+    """
+    from deepnoise_tf import inference
+
+    experiments = tuple(config.data.val_experiments)
+    if not experiments:
+        raise ValueError("no experiments to evaluate (config.data.val_experiments is empty)")
+    write_training_curves(step_folder)
+    export_dir = pathlib.Path(step_folder) / "export"
+    if (export_dir / "saved_model.pb").is_file():
+        predictor = inference.load_export(export_dir)
+    else:
+        predictor = inference.from_run_folder(step_folder)
+    outputs = inference.predict_split(
+        {"model": predictor}, config.data.data_dir or None, config.data.builder, "train",
+        experiments=experiments, cell_types=tuple(config.data.cell_types),
+    )  # fmt: skip
+    return outputs.wells, outputs.logits["model"]
+
+
+def run_training_step(step: Step, config, root: pathlib.Path, *, trainer, evaluator) -> str:
+    """Trains (or resumes) and evaluates one step unless its logits are cached; returns what it did."""
+    step_folder = root / step.name
+    drift = workdir_lib.config_drift(step_folder, config)
+    if drift and not training_finished(step_folder):  # resuming would mix two configs in one model
+        raise ValueError(
+            f"{step_folder} was started with another config ({'; '.join(drift)}). Delete that "
+            "folder to redo the step, or use another --workdir."
+        )
+    if is_cached(step_folder):
+        return "cached"
+    start = time.perf_counter()
+    action = "evaluated"
+    if not training_finished(step_folder):
+        step_folder.mkdir(parents=True, exist_ok=True)
+        action = "trained"
+        trainer(config, str(step_folder))
+    wells, logits = evaluator(config, str(step_folder))
+    save_step_logits(step_folder, wells, logits, time.perf_counter() - start)
+    return action
+
+
+def run_floor_step(config, root: pathlib.Path) -> str:
+    """Fits the linear floor unless it is cached under the same data settings; returns what it did."""
+    step_folder = root / "linear_floor"
+    if is_cached(step_folder) and not workdir_lib.config_drift(step_folder, floor_config(config)):
+        return "cached"
+    # Unmark first: a fit killed after the new config.json is written must not look finished.
+    (step_folder / EVALUATION_FOLDER / workdir_lib.DONE_FILE).unlink(missing_ok=True)
+    workdir_lib.write_config(step_folder, floor_config(config))
+    start = time.perf_counter()
+    wells, logits = baselines.linear_floor_logits(config)
+    save_step_logits(step_folder, wells, logits, time.perf_counter() - start)
+    return "fitted"
+
+
+# ------------------------------------------------------------------------------------------------
+# Scoring (pure numpy/pandas given the cached logits)
+
+
+def step_predictions(
+    step: Step, cached: dict, *, sirna_groups=None, method: str = "assign"
+) -> tuple[pd.DataFrame, str]:
+    """`(table, column)`: the treatment wells with `label` and the step's prediction in `column`.
+
+    Single models and the ensemble: `raw_prediction`, the argmax over the siRNAs (no plate
+    knowledge); `plate_prior`: `prediction`, the ensemble's logits through the plate prior (groups
+    from the training experiments, rotation inferred).
+    """
+    if step.members:
+        wells = cached[step.members[0]][0]
+        logits = evaluation.ensemble_logits(
+            [evaluation.align_wells(wells, *cached[name]) for name in step.members]
+        )
+    else:
+        wells, logits = cached[step.name]
+    if not step.plate_prior:
+        method, sirna_groups = "none", None  # the prior is not wanted: skip its work
+    table = evaluation.well_predictions(wells, logits, method=method, sirna_groups=sirna_groups)
+    return table, "prediction" if step.plate_prior else "raw_prediction"
+
+
+TABLE_COLUMNS = ("step", "figure", "description", "sources", "minutes", "paper_accuracy", "wells",
+                 "correct", "accuracy")  # fmt: skip
+CELL_TYPE_COLUMNS = ("step", "cell_type", "wells", "correct", "accuracy")
+
+
+def score_steps(cached: dict, seconds: dict, *, sirna_groups=None, method: str = "assign"):
+    """`(table, by_cell_type)` for every step whose inputs are in `cached`, in `STEPS` order."""
+    rows, cell_rows = [], []
+    for step in STEPS:
+        needed = step.members or (step.name,)
+        if not all(name in cached for name in needed):
+            continue
+        table, column = step_predictions(step, cached, sirna_groups=sirna_groups, method=method)
+        accuracy = evaluation.accuracy_table(
+            table["label"].to_numpy(), table[column].to_numpy(), table["cell_type"].to_numpy()
+        )
+        overall = accuracy.iloc[-1]
+        minutes = sum(seconds.get(name, 0.0) for name in needed) / 60.0
+        rows.append((step.name, step.figure, step.description, "+".join(needed), round(minutes, 2),
+                     round(step.paper_accuracy / 100.0, 5), int(overall["wells"]),
+                     int(overall["correct"]), float(overall["accuracy"])))  # fmt: skip
+        for row in accuracy.iloc[:-1].itertuples(index=False):
+            cell_rows.append(
+                (step.name, row.group, int(row.wells), int(row.correct), float(row.accuracy))
+            )
+    table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    by_cell_type = pd.DataFrame(cell_rows, columns=list(CELL_TYPE_COLUMNS))
+    return table, by_cell_type
+
+
+def ordering_checks(table: pd.DataFrame) -> list[tuple[str, bool]]:
+    """The paper's orderings that hold on the available rows: (statement, holds)."""
+    accuracy = dict(zip(table["step"], table["accuracy"], strict=True))
+    checks = []
+    if all(name in accuracy for name in FIGURE_3A):
+        values = [accuracy[name] for name in FIGURE_3A]
+        checks.append(
+            ("3A: plate > experiment > cell-type normalization", values[0] < values[1] < values[2])
+        )
+    ladder = [name for name in FIGURE_3B if name in accuracy]
+    if len(ladder) > 1:
+        values = [accuracy[name] for name in ladder]
+        holds = all(b >= a for a, b in zip(values, values[1:], strict=False))
+        checks.append(("3B: each step at least as good as the one before", holds))
+    if "linear_floor" in accuracy:
+        deep = [name for name in accuracy if name != "linear_floor"]
+        if deep:
+            holds = all(accuracy[name] > accuracy["linear_floor"] for name in deep)
+            checks.append(("every deep model above the linear floor", holds))
+    return checks
+
+
+def plot_figures(table: pd.DataFrame, root: pathlib.Path, subtitle: str = "") -> list[pathlib.Path]:
+    """`figure_3a.png` and `figure_3b.png` in `root`: our accuracy next to the paper's."""
+    suffix = f"\n{subtitle}" if subtitle else ""
+    return [
+        plots.plot_ablation_figure(
+            table, FIGURE_3A, ["cell type", "experiment", "plate"], PAPER_ACCURACY,
+            root / "figure_3a.png", "Fig. 3A: normalization (softmax Xception)" + suffix,
+        ),
+        plots.plot_ablation_figure(
+            table, FIGURE_3B, ["Model 1\nsoftmax", "Model 2\nArcFace", "Model 3\nmean teacher",
+                               "Model 4\nensemble", "+ plate\nprior"], PAPER_ACCURACY,
+            root / "figure_3b.png", "Fig. 3B: components" + suffix,
+        ),
+    ]  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole ablation
+
+
+def _log(message: str) -> None:
+    print(f"[ablation] {message}", flush=True)
+
+
+def training_configs(root: pathlib.Path, *, data_dir, builder, scale, overrides, configs_dir):
+    """`(configs by step, data label)`: every training step's config, reading one built data set.
+
+    At CPU scale without `data_dir`, the synthetic preset is generated once into `root/data`.
+    """
+    configs = {
+        step.name: step_config(step, scale=scale, overrides=overrides, configs_dir=configs_dir)
+        for step in STEPS
+        if step.trains
+    }
+    reference = configs["norm_plate"]
+    data_label = reference.data.builder
+    if not data_dir and reference.data.synthetic_preset:
+        from deepnoise_tf import synthetic
+
+        data_dir = str(root / "data")
+        _log(f"synthetic '{reference.data.synthetic_preset}' data set in {data_dir} (written once)")
+        builder = synthetic.prepare_tfds(data_dir, preset=reference.data.synthetic_preset)
+        data_label = f"synthetic '{reference.data.synthetic_preset}' preset"
+    if data_dir or builder:
+        configs = {
+            name: with_data(config, data_dir or config.data.data_dir, builder)
+            for name, config in configs.items()
+        }
+    reference = configs["norm_plate"]
+    data.require_built(reference.data.data_dir or None, reference.data.builder)  # never download
+    return configs, data_label
+
+
+def steps_to_run(steps) -> list[str]:
+    """The requested steps and the members they average, in `STEPS` order."""
+    unknown = sorted(set(steps) - set(STEP_NAMES))
+    if unknown:
+        raise ValueError(f"unknown steps {unknown}; choose from {list(STEP_NAMES)}")
+    wanted = {needed for name in steps for needed in STEPS_BY_NAME[name].members or (name,)}
+    return [name for name in STEP_NAMES if name in wanted]
+
+
+def run_steps(names, configs: dict, root: pathlib.Path, *, trainer, evaluator) -> None:
+    """Runs (or finds cached) each named step, logging what it did and how long it took."""
+    reference = configs["norm_plate"]
+    start = time.perf_counter()
+    for index, name in enumerate(names, 1):
+        step_start = time.perf_counter()
+        _log(f"step {index}/{len(names)} {name}: started")
+        if name == "linear_floor":
+            action = run_floor_step(reference, root)
+        else:
+            action = run_training_step(
+                STEPS_BY_NAME[name], configs[name], root, trainer=trainer, evaluator=evaluator
+            )
+        _log(f"step {index}/{len(names)} {name}: {action} in {time.perf_counter() - step_start:.0f} s "
+             f"(total {(time.perf_counter() - start) / 60:.1f} min)")  # fmt: skip
+
+
+def load_cached(root: pathlib.Path, configs: dict) -> tuple[dict, dict]:
+    """`({step: (wells, logits)}, {step: seconds})` of every cached step; notes config changes."""
+    cached, seconds = {}, {}
+    for step in STEPS:
+        if not (step.trains or step.name == "linear_floor") or not is_cached(root / step.name):
+            continue
+        config = configs[step.name] if step.trains else floor_config(configs["norm_plate"])
+        drift = workdir_lib.config_drift(root / step.name, config)
+        if drift:  # a finished step keeps its result; its config.json says how it was made
+            _log(f"note: {step.name} was trained with {'; '.join(drift)} (delete it to redo)")
+        wells, logits, seconds[step.name] = load_step_logits(root / step.name)
+        cached[step.name] = (wells, logits)
+    return cached, seconds
+
+
+def write_results(root, reference, cached, seconds, *, method, data_label) -> pd.DataFrame:
+    """Scores the cached steps; writes the tables and charts, prints the table and the checks."""
+    groups = None
+    if all(name in cached for name in STEPS_BY_NAME["postprocess"].members):
+        groups = data.sirna_groups_from_split(
+            reference.data.data_dir or None, reference.data.builder, "train",
+            exclude_experiments=tuple(reference.data.val_experiments),
+        )  # fmt: skip
+    table, by_cell_type = score_steps(cached, seconds, sirna_groups=groups, method=method)
+    workdir_lib.write_csv(table, root / TABLE_FILE)
+    workdir_lib.write_csv(by_cell_type, root / CELL_TYPE_TABLE_FILE)
+    evaluated = ", ".join(reference.data.val_experiments)
+    plot_figures(table, root, subtitle=f"{data_label}; held out: {evaluated}")
+    with pd.option_context("display.width", 160, "display.max_colwidth", 50):
+        print(table.to_string(index=False, float_format=lambda value: f"{value:.4f}"), flush=True)
+    for statement, holds in ordering_checks(table):
+        _log(f"{'holds' if holds else 'FAILS'}: {statement}")
+    return table
+
+
+def run_ablation(
+    workdir, *, data_dir: str = "", builder: str = "", scale: str = "cpu", steps=STEP_NAMES,
+    overrides: dict[str, str] | None = None, configs_dir=CONFIGS_DIR, method: str = "assign",
+    trainer=default_trainer, evaluator=default_evaluator,
+) -> pd.DataFrame:  # fmt: skip
+    """Runs the requested steps (and the trainings they need), then scores every cached step.
+
+    `trainer(config, step_folder)` and `evaluator(config, step_folder) -> (wells, logits)` are
+    replaceable (tests hand in stand-ins). Returns the table written to `DIR/ablation.csv`.
+    """
+    root = pathlib.Path(workdir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    names = steps_to_run(steps)
+    configs, data_label = training_configs(
+        root, data_dir=data_dir, builder=builder, scale=scale, overrides=overrides,
+        configs_dir=configs_dir,
+    )  # fmt: skip
+    start = time.perf_counter()
+    run_steps(names, configs, root, trainer=trainer, evaluator=evaluator)
+    cached, seconds = load_cached(root, configs)
+    reference = configs["norm_plate"]
+    table = write_results(root, reference, cached, seconds, method=method, data_label=data_label)
+    _log(f"wrote {root / TABLE_FILE}, {root / 'figure_3a.png'}, {root / 'figure_3b.png'} "
+         f"({(time.perf_counter() - start) / 60:.1f} min)")  # fmt: skip
+    return table
