@@ -1,4 +1,4 @@
-"""RxRx1 facts, named once (see ../shared/SPEC.md section 1 and the RxRx1 metadata)."""
+"""RxRx1 facts, named once (paper, "Datasets"; docs/method.md §1; the RxRx1 metadata)."""
 
 NUM_CHANNELS = 6
 CHANNEL_NAMES = ("nucleus", "er", "actin", "nucleolus", "mitochondria", "golgi")  # w1..w6
