@@ -1,8 +1,9 @@
 """Time the plate-prior post-processing on a full RxRx1-sized Kaggle test set.
 
-18 experiments x 4 plates x 277 treatment wells x 1108 siRNAs (SPEC 1, 8), with synthetic
-log-probabilities: every well's true siRNA gets a logit bonus so the plates look like a model's output
-(argmax accuracy printed), groups and plate rotations drawn at random in the RxRx1 layout.
+18 experiments x 4 plates x 277 treatment wells x 1108 siRNAs (docs/method.md §1, §8), with
+synthetic log-probabilities: every well's true siRNA gets a logit bonus so the plates look like a
+model's output (argmax accuracy printed), groups and plate rotations drawn at random in the RxRx1
+layout.
 Times ``assign`` and ``greedy_balance`` per plate with the plate restriction off (all 1108 classes)
 and on (the plate's 277), and ``postprocess_predictions`` end to end (rotation inference included).
 

@@ -2,7 +2,8 @@
 
 Nothing is trained: the projection multiplies measured rates by the schedule's work. Assumptions,
 each a flag (defaults are the numbers in BENCHMARKS.md):
-- schedule (paper, SPEC 7): 160 epochs for each of 2 models, Xception and Xception-Wide, at 512 px;
+- schedule (paper, "Training details"): 160 epochs for each of 2 models, Xception and
+  Xception-Wide, at 512 px;
   an epoch is one pass over RxRx1's 36,515 labelled train wells, one site per well;
 - mean-teacher batches hold labelled and unlabelled (test) rows at a labelled share of 1/2, so an
   epoch carries 36,515 / (1/2) = 73,030 rows, each costing one DeepNoise step row;
@@ -19,7 +20,7 @@ each a flag (defaults are the numbers in BENCHMARKS.md):
   forward rate, without test-time augmentation;
 - data parallelism over `--gpus` GPUs scales linearly (wall-clock = GPU-hours / GPUs) and the input
   pipeline keeps up (benchmarks/pipeline.py). Not included: pseudo-label refreshes, per-cell-type
-  fine-tuning (SPEC 7), the ensemble's test-set inference.
+  fine-tuning (docs/method.md §7), the ensemble's test-set inference.
 
     python benchmarks/projection.py --deepnoise_cost 2.9 --card H100
     python benchmarks/projection.py --deepnoise_cost 2.9 --card H200

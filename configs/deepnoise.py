@@ -25,7 +25,7 @@ def get_config(variant: str = ""):
     config = default_config()
 
     config.pipeline = ml_collections.ConfigDict()
-    # ST-Xception and ST-Xception-Wide; their teachers' logits are averaged (SPEC 8).
+    # ST-Xception and ST-Xception-Wide; their teachers' logits are (paper, "Model ensemble").
     config.pipeline.backbones = ("xception", "xception_wide")
     # Retraining rounds with pseudo labels after the first training (Algorithm 1's loop).
     config.pipeline.pseudo_label_rounds = 2
@@ -34,12 +34,14 @@ def get_config(variant: str = ""):
     config.pipeline.retrain_epochs = 40  # 0 = config.train.epochs
     # Constant learning rate of those rounds; 0 = continue config.train's schedule (its last value).
     config.pipeline.retrain_learning_rate = 1e-4
-    # SPEC 5: the first refresh sets the logit bank, later refreshes blend in with this weight.
+    # The first refresh sets the logit bank, later refreshes blend in with this weight
+    # (docs/method.md §5).
     config.pipeline.pseudo_label_bank_weight = 0.9
     config.pipeline.postprocess = "assign"  # assign (exact, default) | balance (greedy) | none
     config.pipeline.tta = False  # average the 8 dihedral views when predicting (8x the cost)
     config.pipeline.eval_batch_size = 64
-    config.pipeline.finetune = True  # per-cell-type fine-tuning of the selected round (SPEC 7)
+    # Per-cell-type fine-tuning of the selected round (paper, Fig. 5B; docs/method.md §7).
+    config.pipeline.finetune = True
     config.pipeline.finetune_cell_types = ()  # () = config.data.cell_types, else all four
 
     if "own_teacher" in variant:

@@ -1,4 +1,4 @@
-"""Batched, stateless, in-graph image normalization and augmentation (SPEC sections 2 and 3).
+"""Batched, stateless, in-graph image normalization and augmentation (docs/method.md §2-3).
 
 Every op takes a whole batch `[B, H, W, C]` and runs inside the training step on the accelerator, so
 the host only ships uint8 pixels. Randomness is stateless: each random op takes an explicit `seed`
@@ -27,7 +27,7 @@ NUM_DIHEDRAL_ELEMENTS = 8
 
 @dataclasses.dataclass(frozen=True)
 class ViewParameters:
-    """Hyperparameters of the three training views; the defaults are SPEC section 3.
+    """Hyperparameters of the three training views; the defaults are docs/method.md §3.
 
     Attributes:
       warp_probability: chance per sample of the shift/scale/aspect warp.
@@ -107,7 +107,7 @@ def normalize(images, mean, std, *, jitter=0.0, seed=None, epsilon=STD_EPSILON):
       mean, std: float32 [B, C] statistics of each image's normalization group (a [C] vector is
         broadcast to every sample).
       jitter: with jitter > 0, mean and std are each multiplied by 1 + U(-jitter, jitter), drawn
-        independently per sample and channel (SPEC 2 uses 0.1 in training).
+        independently per sample and channel (training uses 0.1, docs/method.md §2).
       seed: [2] int seed; required when jitter is not 0.
       epsilon: a (jittered) std <= epsilon is replaced by 1 so constant channels stay finite.
 
@@ -255,7 +255,7 @@ def scale_shift_warp(images, scale_y, scale_x, shift_y, shift_x, *, fill=0.0):
 
 
 def affine_warp(images, seed, *, probability=0.5, shift=0.1, scale=0.1, aspect=0.1, fill=0.0):
-    """With `probability` per sample, a random shift/scale/aspect warp (SPEC 3, easy view).
+    """With `probability` per sample, a random shift/scale/aspect warp (easy view, method.md §3).
 
     Per selected sample: shift U(-shift, shift) times the side along each axis, overall scale
     s ~ U(1 - scale, 1 + scale), aspect a ~ U(1 - aspect, 1 + aspect) applied as x stretch
@@ -373,7 +373,8 @@ _DIHEDRAL_SLOT, _WARP_SLOT, _ERASE_SLOT, _CROP_SLOT = range(4)
 
 
 def easy_view(images, seed, parameters=ViewParameters()):
-    """Dihedral element + random warp (SPEC 3): the student's consistency/pseudo-label input."""
+    """Dihedral element + random warp: the student's consistency and pseudo-label input (§3 of
+    docs/method.md)."""
     seeds = _split_seed(seed, 4)
     images = dihedral(tf.cast(images, tf.float32), seeds[_DIHEDRAL_SLOT])
     return affine_warp(
@@ -387,7 +388,7 @@ def easy_view(images, seed, parameters=ViewParameters()):
 
 
 def normal_view(images, seed, parameters=ViewParameters()):
-    """Easy view + random erasing (SPEC 3): the student's margin-loss input."""
+    """Easy view + random erasing (docs/method.md §3): the student's margin-loss input."""
     images = easy_view(images, seed, parameters)
     return random_erasing(
         images,
@@ -400,7 +401,7 @@ def normal_view(images, seed, parameters=ViewParameters()):
 
 
 def hard_view(images, seed, parameters=ViewParameters()):
-    """Normal view + random resized crop (SPEC 3): the teacher's input."""
+    """Normal view + random resized crop (docs/method.md §3): the teacher's input."""
     images = normal_view(images, seed, parameters)
     return random_resized_crop(images, _split_seed(seed, 4)[_CROP_SLOT], side=parameters.crop_side)
 

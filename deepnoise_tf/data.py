@@ -108,8 +108,8 @@ def select_experiments(dataset, *, include=(), exclude=(), cell_types=()) -> tf.
 def one_site_per_well(dataset, seed: int, epoch: tf.Tensor) -> tf.data.Dataset:
     """Keeps one site of each well, picked anew every epoch from a hash of (well, seed, epoch).
 
-    Stateless and order-free, so it streams: no grouping of the two sites is needed (SPEC 1: a
-    training sample is one well with one site picked at random each time).
+    Stateless and order-free, so it streams: no grouping of the two sites is needed
+    (docs/method.md §1: a training sample is one well with one site picked at random each time).
     """
 
     def keep(example):

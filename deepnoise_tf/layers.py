@@ -1,4 +1,4 @@
-"""Classification heads on the embedding: ArcFace (Models 2-4) and softmax (Model 1), SPEC section 5.
+"""Classification heads on the embedding: ArcFace (paper eq. 4; Models 2-4) and softmax (Model 1).
 
 Both heads run in float32 whatever the global dtype policy: under mixed precision the embeddings
 are cast up, because cosines near +-1 and a scale of 30 need more than float16's precision.

@@ -1,4 +1,4 @@
-"""Per-example losses of DeepNoise (SPEC section 5): classification, consistency, pseudo-label.
+"""Per-example losses of DeepNoise: classification, consistency, pseudo-label (docs/method.md §5).
 
 Every function returns a float32 vector of shape [B], one value per example, and never reduces
 over the batch: the training step owns the reduction (a global-batch mean under a distribution

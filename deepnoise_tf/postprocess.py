@@ -1,6 +1,6 @@
-"""Plate-prior post-processing of siRNA predictions (SPEC section 8): pure numpy/scipy functions.
+"""Plate-prior post-processing (paper, "Prior-based post-processing"): pure numpy/scipy functions.
 
-The RxRx1 plate design (SPEC section 1) gives two priors that a per-well classifier ignores:
+The RxRx1 plate design (docs/method.md §1) gives two priors that a per-well classifier ignores:
 
 * the 1108 treatment siRNAs form 4 disjoint groups of 277 and every plate holds exactly one group,
   with the group of plate p (1-based) following a cyclic rotation ``(g1 + p - 1) mod 4`` of the
@@ -41,7 +41,10 @@ def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def sirna_log_probs(logits: np.ndarray, num_sirnas: int = NUM_SIRNAS) -> np.ndarray:
-    """Log-probabilities over the treatment siRNAs only: control logits dropped (SPEC 1), renormalised."""
+    """Log-probabilities over the treatment siRNAs only: control logits dropped, renormalised.
+
+    Controls are not siRNAs (docs/method.md §1).
+    """
     return log_softmax(np.asarray(logits)[..., :num_sirnas], axis=-1)
 
 
@@ -256,8 +259,8 @@ def _finite_scores(scores: np.ndarray) -> np.ndarray:
 
 
 def assign(log_probs: np.ndarray, candidate_mask: np.ndarray | None = None) -> np.ndarray:
-    """Exact plate assignment (SPEC 8, default): maximise the summed log-probability over the wells
-    with each candidate class used at most once.
+    """Exact plate assignment (docs/method.md §8, default): maximise the summed log-probability
+    over the wells with each candidate class used at most once.
 
     Solved with ``scipy.optimize.linear_sum_assignment`` on the rectangular ``[wells, candidates]``
     matrix. With fewer wells than candidates (N <= K) every well gets a distinct class and the total
@@ -292,7 +295,10 @@ def assign(log_probs: np.ndarray, candidate_mask: np.ndarray | None = None) -> n
 
 
 def balance_score(counts: np.ndarray, num_wells: int) -> float:
-    """Greedy-balancing score ``sum_k min(n_k / N, 1 / K)`` over the K candidate classes (SPEC 8)."""
+    """Greedy-balancing score ``sum_k min(n_k / N, 1 / K)`` over the K candidate classes.
+
+    See docs/method.md §8.
+    """
     counts = np.asarray(counts, dtype=np.float64)
     return float(np.minimum(counts / num_wells, 1.0 / len(counts)).sum())
 
@@ -304,9 +310,9 @@ def greedy_balance(
     min_alpha: float = 1e-4,
     round_moves: int | None = None,
 ) -> np.ndarray:
-    """Greedy balancing of one plate (SPEC 8, the paper's post-processing, faithful mode).
+    """Greedy balancing of one plate (paper, "Prior-based post-processing"; faithful mode).
 
-    How the spec is read here:
+    How the paper's text and docs/method.md §8 are read here:
 
     * ``P = softmax`` over the wells (axis 0, not the classes) of the restricted logits
       ``logits[:, candidates]``; K = number of candidate classes, N = number of wells.
@@ -327,7 +333,7 @@ def greedy_balance(
     Args:
       logits: ``[N, C]`` logits (or log-probabilities) of one plate's wells.
       candidate_mask: boolean ``[C]``, the classes allowed on the plate; default all.
-      alpha: initial decrement (the spec's 0.01; the paper text says 0.001).
+      alpha: initial decrement (0.01 as in the authors' code; the paper text says 0.001).
       min_alpha: stop when alpha falls below this.
       round_moves: moves per round; default K.
 

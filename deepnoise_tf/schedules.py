@@ -1,4 +1,6 @@
-"""Ramp-up, EMA decay and learning-rate schedules: pure in-graph functions of the step (SPEC 5-7).
+"""Ramp-up, EMA decay and learning-rate schedules: pure in-graph functions of the step.
+
+The method they implement: docs/method.md §5-7.
 
 Epoch convention, everywhere in this module: `epoch` is the 0-based index of the current epoch
 (0 during the first epoch, as in Keras callbacks), and may be fractional (step / steps_per_epoch)
@@ -28,8 +30,9 @@ def linear_rampup(epoch, rampup_epochs):
 def sigmoid_rampup(epoch, rampup_epochs):
     """exp(-5 (1 - t/T)^2) with t = epoch clipped to [0, T]; 1 when T == 0 (Laine & Aila 2017).
 
-    Mean teacher's consistency ramp-up (SPEC 5, Tarvainen & Valpola 2017). With the 0-based epoch
-    the first epoch gets exp(-5) ~ 0.0067 and the weight is fully on from epoch index T.
+    Mean teacher's consistency ramp-up (docs/method.md §5, Tarvainen & Valpola 2017). With the
+    0-based epoch the first epoch gets exp(-5) ~ 0.0067 and the weight is fully on from epoch
+    index T.
     """
     return tf.exp(-5.0 * tf.square(1.0 - linear_rampup(epoch, rampup_epochs)))
 
@@ -38,7 +41,7 @@ def consistency_weight(epoch, max_weight=100.0, rampup_epochs=5, start_epoch=0.0
     """Weight of the consistency loss (paper eq. 5): max_weight * sigmoid_rampup(epoch - start, T).
 
     0 before `start_epoch`: the paper first trains on the labelled data alone, then adds the
-    consistency loss (SPEC 6); start 0 (the default) ramps up from the first step.
+    consistency loss (paper, Discussion); start 0 (the default) ramps up from the first step.
     """
     epoch = _float(epoch)
     start_epoch = _float(start_epoch)
@@ -47,7 +50,7 @@ def consistency_weight(epoch, max_weight=100.0, rampup_epochs=5, start_epoch=0.0
 
 
 def ema_decay(step, epoch, *, last_epochs=(1, 10, 20), decays=(0.5, 0.9, 0.99), final_decay=0.999):
-    """Teacher EMA decay min(1 - 1/(step + 1), d(epoch)) (SPEC 6).
+    """Teacher EMA decay min(1 - 1/(step + 1), d(epoch)) (docs/method.md §6).
 
     The first term makes the teacher an exact running average of the student early on (decay 0
     at step 0 copies the student). d is `decays[i]` for the first i with epoch number
@@ -69,7 +72,7 @@ def ema_decay(step, epoch, *, last_epochs=(1, 10, 20), decays=(0.5, 0.9, 0.99), 
 
 @keras.saving.register_keras_serializable(package="deepnoise_tf")
 class PiecewiseEpochLR(keras.optimizers.schedules.LearningRateSchedule):
-    """Piecewise-constant learning rate with boundaries in epochs (SPEC 7 pretraining).
+    """Piecewise-constant learning rate with boundaries in epochs (paper, "Training details").
 
     Default: 3e-4, then 1e-4 after 100 epochs (epoch index >= 100), then 1e-5 after 140.
 
@@ -109,13 +112,14 @@ class PiecewiseEpochLR(keras.optimizers.schedules.LearningRateSchedule):
 
 @keras.saving.register_keras_serializable(package="deepnoise_tf")
 class CosineRestartsLR(keras.optimizers.schedules.LearningRateSchedule):
-    """Cosine annealing with warm restarts, then a constant tail (SPEC 7 fine-tuning).
+    """Cosine annealing with warm restarts, then a constant tail (docs/method.md §7, fine-tuning).
 
     `cycles` cycles of `cycle_epochs * epoch_scale` epochs each; within a cycle the rate falls
     from `initial_learning_rate` to `minimum_learning_rate` along half a cosine and restarts at the
     next cycle (Loshchilov & Hutter 2017). After the cycles it stays at `final_learning_rate`
-    (meant for the last `final_epochs` epochs; see `total_epochs`). The spec uses 4 cycles of
-    40 r epochs, r = 1 (U2OS), 0.5 (RPE, HEPG2), 0.25 (HUVEC), then 5 epochs at 1e-4.
+    (meant for the last `final_epochs` epochs; see `total_epochs`). Fine-tuning uses 4 cycles of
+    40 r epochs, r = 1 (U2OS), 0.5 (RPE, HEPG2), 0.25 (HUVEC), then 5 epochs at 1e-4
+    (docs/method.md §7).
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""Augmentation ops against numpy references and TF's own image ops (SPEC 2 and 3)."""
+"""Augmentation ops against numpy references and TF's own image ops (docs/method.md §2-3)."""
 
 import math
 

@@ -1,5 +1,6 @@
-"""Per-cell-type fine-tuning (SPEC 7): fresh head on the pretrained backbone, one cell type's data,
-SGD under cosine restarts, one export per cell type, reruns that skip finished cell types.
+"""Per-cell-type fine-tuning (docs/method.md §7): fresh head on the pretrained backbone, one cell
+type's data, SGD under cosine restarts, one export per cell type, reruns that skip finished cell
+types.
 
 One tiny fine-tuning of HUVEC (16-pixel images, width 1/16, 8 steps) is shared by the tests. The
 pretrained run is a built network with randomly perturbed weights (student and teacher apart), so
@@ -170,7 +171,8 @@ def test_only_the_chosen_cell_type_is_read(finetuned, tiny_data):
 
 
 def cosine_restarts_reference(step, *, steps_per_epoch, scale, finetune_config):
-    """SPEC 7 in numpy: cycles of cycle_epochs * r epochs, half-cosine from lr to min, then final."""
+    """docs/method.md §7 in numpy: cycles of cycle_epochs * r epochs, half-cosine from lr to min,
+    then final."""
     cycle_steps = finetune_config.cycle_epochs * scale * steps_per_epoch
     cycle = step // cycle_steps
     if cycle >= finetune_config.cycles:

@@ -1,4 +1,4 @@
-"""Tests of the ArcFace and softmax heads against float64 numpy implementations of SPEC section 5."""
+"""ArcFace and softmax heads against float64 numpy implementations of paper eq. 4 (method.md §5)."""
 
 import math
 
@@ -14,7 +14,7 @@ MARGIN = 0.1
 
 
 def reference_arcface(embeddings, kernel, labels=None, scale=SCALE, margin=MARGIN):
-    """ArcFace logits in float64, written from the SPEC formulas."""
+    """ArcFace logits in float64, written from paper eq. 4 and docs/method.md §5."""
     embeddings = np.asarray(embeddings, np.float64)
     kernel = np.asarray(kernel, np.float64)
     x = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)

@@ -1,4 +1,4 @@
-"""Tests of the per-example losses against float64 numpy implementations of SPEC section 5."""
+"""Per-example losses against float64 numpy versions of paper eqs. 4-5 (docs/method.md §5)."""
 
 import math
 

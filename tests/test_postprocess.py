@@ -1,4 +1,4 @@
-"""Plate-prior post-processing against brute force, hand-made designs and the guarantees of SPEC 8."""
+"""Plate-prior post-processing against brute force, hand-made designs and docs/method.md §8."""
 
 import itertools
 import math
@@ -29,7 +29,7 @@ def total(log_probs, prediction):
 
 
 def literal_greedy_balance(logits, candidates, alpha=0.01, min_alpha=1e-4, round_moves=None):
-    """SPEC 8 greedy balancing as a literal step-by-step loop (one alpha decrement per step).
+    """The paper's greedy balancing (docs/method.md §8) as a literal loop, one alpha step at a time.
 
     Same reading as the docstring of ``postprocess.greedy_balance``, without its jump over the
     steps that change no prediction: a move ends at the first step that changes a prediction.

@@ -1,4 +1,4 @@
-"""Schedules against hand-computed values and float64 numpy references (SPEC 5-7)."""
+"""Schedules against hand-computed values and float64 numpy references (docs/method.md §5-7)."""
 
 import math
 
@@ -133,7 +133,7 @@ def test_piecewise_epoch_lr_config_round_trip_and_optimizer():
 
 
 def numpy_cosine_restarts(steps, steps_per_epoch, scale):
-    """Float64 reference written from SPEC 7: 4 x 40r-epoch cosine cycles 0.1 -> 1e-3, then 1e-4."""
+    """Float64 reference (docs/method.md §7): 4 x 40r-epoch cosine cycles 0.1 -> 1e-3, then 1e-4."""
     cycle_steps = round(40 * scale * steps_per_epoch)
     cycle, position = np.divmod(steps, cycle_steps)
     annealed = 1e-3 + (0.1 - 1e-3) * 0.5 * (1 + np.cos(np.pi * position / cycle_steps))
