@@ -56,6 +56,58 @@ def summary_table(results: pd.DataFrame, members, method: str) -> pd.DataFrame:
     return frame.loc[list(dict.fromkeys(overall["round"]))]
 
 
+def run_round(context: stages.Context, round_index: int, evaluations: list[dict]) -> dict:
+    """One round: pseudo labels from the rounds before (r >= 1), both models trained (continuing
+    from the previous round's checkpoint), then evaluated; returns the evaluation record."""
+    pseudo_paths = stages.pseudo_label_stage(context, round_index, evaluations) if round_index else {}
+    run_folders = {}
+    for backbone in context.members:
+        initial = None
+        if round_index:  # continue from the previous round's model
+            previous = os.path.join(context.round_dir(round_index - 1), backbone)
+            initial = str(workdir_lib.checkpoint(previous))
+        stages.train_stage(
+            context,
+            round_index,
+            backbone,
+            pseudo_labels_path=pseudo_paths.get(backbone),
+            initial_weights=initial,
+        )
+        run_folders[backbone] = os.path.join(context.round_dir(round_index), backbone)
+    directory = os.path.join(context.round_dir(round_index), "evaluation")
+    return stages.evaluate_stage(context, str(round_index), directory, run_folders)
+
+
+def write_results(context: stages.Context, evaluations, finetuned, export_record, selected: int) -> dict:
+    """`results.csv`, `results_by_cell_type.csv` and the printed summary; returns the outcome."""
+    workdir, config = context.workdir, context.config
+    all_evaluations = evaluations + ([finetuned["evaluation"]] if finetuned else [])
+    results = results_table(all_evaluations)
+    workdir_lib.write_csv(
+        results[results["cell_type"] == "all"].drop(columns="cell_type"),
+        os.path.join(workdir, RESULTS_FILE),
+    )
+    workdir_lib.write_csv(results, os.path.join(workdir, RESULTS_BY_CELL_TYPE_FILE))
+    summary = summary_table(results, context.members, context.method)
+    with pd.option_context("display.width", 160):
+        print(f"\nValidation accuracy (treatment wells of {list(config.data.val_experiments)}):")
+        print(summary.to_string(float_format=lambda value: f"{value:.4f}"))
+    stages.log(
+        f"selected round {selected} (best {ENSEMBLE}+{context.method}, then {ENSEMBLE}, validation "
+        f"accuracy); export: {os.path.join(workdir, 'export')}; results: {os.path.join(workdir, RESULTS_FILE)}"
+    )
+    return {
+        "selected_round": selected,
+        "export": os.path.join(workdir, "export"),
+        "finetune_dir": finetuned["directory"] if finetuned else None,
+        "finetuned_exports": {
+            cell: os.path.join(workdir, "export_finetuned", cell) for cell in export_record["finetuned"]
+        },
+        "results": os.path.join(workdir, RESULTS_FILE),
+        "summary": summary.reset_index(names="round").to_dict(orient="records"),
+    }
+
+
 def run(config, workdir: str) -> dict:
     """Runs (or resumes) every stage of Algorithm 1 in `workdir`; returns paths and the summary."""
     start = time.time()
@@ -77,34 +129,9 @@ def run(config, workdir: str) -> dict:
         f"{len(context.test_experiments)} test experiments, validation on {list(config.data.val_experiments)}"
     )
 
-    evaluations = []
+    evaluations: list[dict] = []
     for round_index in range(int(pipeline.pseudo_label_rounds) + 1):
-        pseudo_paths = {}
-        if round_index:
-            pseudo_paths = stages.pseudo_label_stage(context, round_index, evaluations)
-        workdirs = {}
-        for backbone in context.members:
-            initial = None
-            if round_index:  # continue from the previous round's model
-                initial = str(
-                    workdir_lib.checkpoint(os.path.join(context.round_dir(round_index - 1), backbone))
-                )
-            stages.train_stage(
-                context,
-                round_index,
-                backbone,
-                pseudo_labels_path=pseudo_paths.get(backbone),
-                initial_weights=initial,
-            )
-            workdirs[backbone] = os.path.join(context.round_dir(round_index), backbone)
-        evaluations.append(
-            stages.evaluate_stage(
-                context,
-                str(round_index),
-                os.path.join(context.round_dir(round_index), "evaluation"),
-                workdirs,
-            )
-        )
+        evaluations.append(run_round(context, round_index, evaluations))
 
     scores = [
         pseudo_labels.source_score(evaluation["rows"], ENSEMBLE, context.method)
@@ -114,35 +141,8 @@ def run(config, workdir: str) -> dict:
     finetuned = stages.finetune_stage(context, selected) if pipeline.finetune else None
     export_record = stages.export_stage(context, selected, finetuned)
 
-    all_evaluations = evaluations + ([finetuned["evaluation"]] if finetuned else [])
-    results = results_table(all_evaluations)
-    workdir_lib.write_csv(
-        results[results["cell_type"] == "all"].drop(columns="cell_type"),
-        os.path.join(workdir, RESULTS_FILE),
-    )
-    workdir_lib.write_csv(results, os.path.join(workdir, RESULTS_BY_CELL_TYPE_FILE))
-    summary = summary_table(results, context.members, context.method)
-    seconds = time.time() - start
-    with pd.option_context("display.width", 160):
-        print(f"\nValidation accuracy (treatment wells of {list(config.data.val_experiments)}):")
-        print(summary.to_string(float_format=lambda value: f"{value:.4f}"))
-    stages.log(
-        f"selected round {selected} (best {ENSEMBLE}+{context.method}, then {ENSEMBLE}, validation "
-        f"accuracy); "
-        f"export: {os.path.join(workdir, 'export')}; results: {os.path.join(workdir, RESULTS_FILE)}; "
-        f"{seconds:.0f} s in this call"
-    )
-    outcome = {
-        "selected_round": selected,
-        "export": os.path.join(workdir, "export"),
-        "finetune_dir": finetuned["directory"] if finetuned else None,
-        "finetuned_exports": {
-            cell: os.path.join(workdir, "export_finetuned", cell)
-            for cell in export_record["finetuned"]
-        },
-        "results": os.path.join(workdir, RESULTS_FILE),
-        "summary": summary.reset_index(names="round").to_dict(orient="records"),
-        "seconds_this_call": round(seconds, 1),
-    }
+    outcome = write_results(context, evaluations, finetuned, export_record, selected)
+    outcome["seconds_this_call"] = round(time.time() - start, 1)
     workdir_lib.write_json(os.path.join(workdir, SUMMARY_FILE), outcome)
+    stages.log(f"{outcome['seconds_this_call']:.0f} s in this call")
     return outcome

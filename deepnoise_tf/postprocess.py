@@ -303,6 +303,29 @@ def balance_score(counts: np.ndarray, num_wells: int) -> float:
     return float(np.minimum(counts / num_wells, 1.0 / len(counts)).sum())
 
 
+def _balance_move(probs, coefficients, prediction, counts, alpha: float) -> None:
+    """One move of `greedy_balance`, in place: lower the most-predicted class's coefficient by as
+    many `alpha` steps as it takes for one of its wells to change prediction (or to 0)."""
+    top = int(np.argmax(counts))
+    wells = np.flatnonzero(prediction == top)
+    # For each of top's wells, the best competing scaled probability.
+    others = probs[wells] * coefficients
+    others[:, top] = -np.inf
+    competitor = others.max(axis=1)
+    # Smallest number of alpha-steps that lets some well leave ``top``.
+    with np.errstate(divide="ignore"):
+        threshold = competitor / probs[wells, top]
+    steps = np.floor((coefficients[top] - threshold) / alpha) + 1
+    steps = max(1, int(np.clip(steps.min(), 1, np.ceil(coefficients[top] / alpha))))
+    while True:
+        coefficients[top] = max(0.0, coefficients[top] - steps * alpha)
+        new = np.argmax(probs[wells] * coefficients, axis=1)
+        if (new != top).any() or coefficients[top] == 0.0:
+            break
+        steps = 1  # rounding left the wells on ``top``: keep stepping
+    prediction[wells] = new
+
+
 def greedy_balance(
     logits: np.ndarray,
     candidate_mask: np.ndarray | None = None,
@@ -366,24 +389,7 @@ def greedy_balance(
         counts = np.bincount(prediction, minlength=num_candidates)
         gained = False
         for _ in range(round_moves):
-            top = int(np.argmax(counts))
-            wells = np.flatnonzero(prediction == top)
-            # For each of top's wells, the best competing scaled probability.
-            others = probs[wells] * coefficients
-            others[:, top] = -np.inf
-            competitor = others.max(axis=1)
-            # Smallest number of alpha-steps that lets some well leave ``top``.
-            with np.errstate(divide="ignore"):
-                threshold = competitor / probs[wells, top]
-            steps = np.floor((coefficients[top] - threshold) / alpha) + 1
-            steps = max(1, int(np.clip(steps.min(), 1, np.ceil(coefficients[top] / alpha))))
-            while True:
-                coefficients[top] = max(0.0, coefficients[top] - steps * alpha)
-                new = np.argmax(probs[wells] * coefficients, axis=1)
-                if (new != top).any() or coefficients[top] == 0.0:
-                    break
-                steps = 1  # rounding left the wells on ``top``: keep stepping
-            prediction[wells] = new
+            _balance_move(probs, coefficients, prediction, counts, alpha)
             counts = np.bincount(prediction, minlength=num_candidates)
             score = balance_score(counts, num_wells)
             if score > best_score + tolerance:
