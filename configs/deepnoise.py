@@ -4,7 +4,7 @@ per-cell-type fine-tuning, the ensemble and the plate prior. Run with `deepnoise
     python -m deepnoise_tf.pipeline --config configs/deepnoise.py --workdir runs/deepnoise \
         --config.data.data_dir=/path/to/tensorflow_datasets
 
-Variants:
+Variants (combine with a comma, e.g. `:cpu,own_teacher`):
     :cpu          the synthetic quickstart data (generated into <workdir>/data), 64 px, width 1/8,
                   short schedules: the whole pipeline on 2 CPU cores in 27 minutes; validation
                   accuracy (round 1) xception 0.80, xception_wide 0.98, ensemble 0.99, ensemble +
@@ -18,14 +18,15 @@ The `pipeline` block holds what only the pipeline reads; everything else is Mode
 
 import ml_collections
 
-from deepnoise_tf.config import cpu_scale, default_config
+from deepnoise_tf.config import cpu_scale, default_config, parse_variant
 
 
 def get_config(variant: str = ""):
+    arg = parse_variant(variant, ("cpu", "own_teacher"))
     config = default_config()
 
     config.pipeline = ml_collections.ConfigDict()
-    # ST-Xception and ST-Xception-Wide; their teachers' logits are (paper, "Model ensemble").
+    # ST-Xception and ST-Xception-Wide; their teachers' predictions are averaged (paper Fig. 2C).
     config.pipeline.backbones = ("xception", "xception_wide")
     # Retraining rounds with pseudo labels after the first training (Algorithm 1's loop).
     config.pipeline.pseudo_label_rounds = 2
@@ -34,19 +35,18 @@ def get_config(variant: str = ""):
     config.pipeline.retrain_epochs = 40  # 0 = config.train.epochs
     # Constant learning rate of those rounds; 0 = continue config.train's schedule (its last value).
     config.pipeline.retrain_learning_rate = 1e-4
-    # The first refresh sets the logit bank, later refreshes blend in with this weight
-    # (docs/method.md §5).
+    # Pseudo labels (the paper's L_pSoftmax; bank of the public code): the first refresh sets the
+    # logit bank, later refreshes blend in with this weight.
     config.pipeline.pseudo_label_bank_weight = 0.9
     config.pipeline.postprocess = "assign"  # assign (exact, default) | balance (greedy) | none
     config.pipeline.tta = False  # average the 8 dihedral views when predicting (8x the cost)
     config.pipeline.eval_batch_size = 64
-    # Per-cell-type fine-tuning of the selected round (paper, Fig. 5B; docs/method.md §7).
-    config.pipeline.finetune = True
+    config.pipeline.finetune = True  # per-cell-type fine-tuning of the selected round (paper Fig. 5B)
     config.pipeline.finetune_cell_types = ()  # () = config.data.cell_types, else all four
 
-    if "own_teacher" in variant:
+    if arg.own_teacher:
         config.mean_teacher.pseudo_label_source = "own_teacher"
-    if "cpu" in variant:
+    if arg.cpu:
         cpu_scale(config)
         config.pipeline.retrain_epochs = 6
         config.pipeline.retrain_learning_rate = 1e-3

@@ -4,19 +4,21 @@ The normalization ablation of Fig. 3A is this config with `--config.data.normali
 experiment or plate (default; paper: 51.5 / 62.9 / 74.6% top-1 on RxRx1):
     python -m deepnoise_tf.train --config configs/model1_softmax.py \
         --config.data.data_dir=/path/to/tensorflow_datasets --workdir runs/model1
-Variants: `:wide`, `:cpu` (synthetic data, 64 px, narrow, a few minutes on 2 cores).
+Variants (combine with a comma, e.g. `:cpu,wide`): `:wide` (Xception-Wide), `:cpu` (synthetic data,
+64 px, narrow, a few minutes on 2 cores).
 """
 
-from deepnoise_tf.config import cpu_scale, default_config
+from deepnoise_tf.config import cpu_scale, default_config, parse_variant
 
 
 def get_config(variant: str = ""):
+    arg = parse_variant(variant, ("cpu", "wide"))
     config = default_config()
     config.model.head = "softmax"
     config.mean_teacher.enabled = False
     config.mean_teacher.labelled_share = 1.0
-    if "wide" in variant:
+    if arg.wide:
         config.model.backbone = "xception_wide"
-    if "cpu" in variant:
+    if arg.cpu:
         cpu_scale(config)
     return config

@@ -3,17 +3,18 @@
 Full scale (4 GPUs, batch 64, 160 epochs, 512x512; paper: 90.1% top-1 on RxRx1):
     python -m deepnoise_tf.train --config configs/model3_mean_teacher.py \
         --config.data.data_dir=/path/to/tensorflow_datasets --workdir runs/model3
-Variants: `:wide` (Xception-Wide), `:cpu` (synthetic data, 64 px, width 1/8, a few minutes on 2 cores),
-`:cpu_wide`.
+Variants (combine with a comma, e.g. `:cpu,wide`; `:cpu_wide` is the same): `:wide` (Xception-Wide),
+`:cpu` (synthetic data, 64 px, width 1/8, a few minutes on 2 cores).
 """
 
-from deepnoise_tf.config import cpu_scale, default_config
+from deepnoise_tf.config import cpu_scale, default_config, parse_variant
 
 
 def get_config(variant: str = ""):
+    arg = parse_variant(variant, ("cpu", "wide"))
     config = default_config()
-    if "wide" in variant:
+    if arg.wide:
         config.model.backbone = "xception_wide"
-    if "cpu" in variant:
+    if arg.cpu:
         cpu_scale(config)
     return config

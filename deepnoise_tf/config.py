@@ -1,30 +1,54 @@
-"""Configs: the default DeepNoise config, loading `configs/*.py[:variant]`, validation and dumping.
+"""Configs: the default DeepNoise config, scales, variants, loading, overrides, validation, the CLI.
 
-Configs are data: every hyperparameter lives once, here (defaults) or in a file under `configs/`
-(one per paper experiment), and functions take it as an argument. A config file defines
-`get_config(variant: str = "") -> ml_collections.ConfigDict`; `variant` selects e.g. the `:cpu`
-scale. Overrides use dotted paths (`--config.train.epochs=3`); unknown fields are errors that list
-the valid ones.
+Configs are data: every hyperparameter lives once, here (defaults and scales) or in a file under
+`configs/` (one per paper experiment), and functions take it as an argument. A config file defines
+`get_config(variant: str = "") -> ml_collections.ConfigDict` and reads `variant` with
+`parse_variant`, so `configs/x.py:cpu,wide` selects known words and anything else is an error.
+Overrides use dotted paths (`--config.train.epochs=3`); an unknown field is an error that suggests
+the closest ones. `argument_parser` and `parse_arguments` are the command line of every training CLI.
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
+import difflib
 import importlib.util
 import json
 import pathlib
+from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
 
 from deepnoise_tf import constants
 
+# Option lists owned here. Backbones and stems are owned by `deepnoise_tf.models` (the backbone
+# registry), teacher statistics by `deepnoise_tf.constants`; `validate` reads them from there.
 HEADS = ("arcface", "softmax")
-BACKBONES = ("xception", "xception_wide")
-STEMS = ("7x7", "3x3")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 PSEUDO_LABEL_SOURCES = ("ensemble", "own_teacher")
 OPTIMIZERS = ("adamw", "sgd_cosine")  # pretraining | per-cell-type fine-tuning
+MIXED_PRECISIONS = ("", "mixed_float16", "mixed_bfloat16")
+
+
+def _finetune_defaults() -> ml_collections.ConfigDict:
+    """`config.finetune`: the per-cell-type stage (paper Fig. 5B; deepnoise_tf/finetune.py).
+
+    SGD with cosine restarts and a fresh head, on the schedule of the public code.
+    """
+    finetune = ml_collections.ConfigDict()
+    finetune.momentum = 0.0  # the authors' fine-tuning SGD has no momentum
+    finetune.nesterov = False
+    finetune.weight_decay = 2e-4
+    finetune.learning_rate = 0.1
+    finetune.min_learning_rate = 1e-3
+    finetune.cycles = 4
+    finetune.cycle_epochs = 40.0
+    finetune.final_epochs = 5
+    finetune.final_learning_rate = 1e-4
+    finetune.cycle_scale = {"U2OS": 1.0, "RPE": 0.5, "HEPG2": 0.5, "HUVEC": 0.25}
+    return finetune
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -36,8 +60,11 @@ def default_config() -> ml_collections.ConfigDict:
     config.data.builder = "rxrx1"  # TFDS name[/config], e.g. "rxrx1/256"
     config.data.image_size = constants.IMAGE_SIZE  # images are resized on the host if stored otherwise
     config.data.normalization = "plate"  # plate | experiment | cell_type | none (paper Fig. 3A)
-    config.data.normalization_jitter = 0.1  # mean and std each x (1 + U(-j, j)) in training (SPEC 2)
-    # Whole held-out experiments of the train split (SPEC 7); never used as unlabelled data.
+    # Training only: mean and std each x (1 + U(-j, j)), per channel and sample (the public code;
+    # the paper's eqs. 1-3 normalize with the exact statistics).
+    config.data.normalization_jitter = 0.1
+    # Whole held-out experiments of the train split (the public code validates on held-out
+    # experiments); never used as unlabelled data.
     config.data.val_experiments = ("HEPG2-07", "HUVEC-16", "RPE-07", "U2OS-03")
     config.data.cell_types = ()  # () = all; e.g. ("U2OS",) for per-cell-type fine-tuning
     config.data.shuffle_buffer = 2048
@@ -61,12 +88,13 @@ def default_config() -> ml_collections.ConfigDict:
 
     config.mean_teacher = ml_collections.ConfigDict()
     config.mean_teacher.enabled = True
-    config.mean_teacher.consistency_weight = 100.0  # SPEC 5
+    config.mean_teacher.consistency_weight = 100.0  # of L_Consist, paper eq. 5 (value: public code)
     config.mean_teacher.rampup_epochs = 5.0
     # Paper: labelled-only ArcFace training first, then the consistency loss; 0 = from the start.
     config.mean_teacher.consistency_start_epoch = 0.0
     config.mean_teacher.labelled_share = 0.5  # fixed labelled fraction of every batch (paper: 1/4 or 1/2)
-    config.mean_teacher.ema_decays = (0.5, 0.9, 0.99, 0.999)  # SPEC 6: epoch 1, <=10, <=20, later
+    # Teacher EMA decay (Tarvainen & Valpola 2017) in epoch 1, <=10, <=20, later (public code).
+    config.mean_teacher.ema_decays = (0.5, 0.9, 0.99, 0.999)
     config.mean_teacher.ema_epoch_boundaries = (1, 10, 20)
     config.mean_teacher.pseudo_label_weight = 0.05  # labelled loss then x (1 - weight)
     config.mean_teacher.pseudo_label_source = "ensemble"  # ensemble (paper) | own_teacher (code)
@@ -90,18 +118,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.train.eval_every_epochs = 1
     config.train.export = True
 
-    # Per-cell-type stage (SPEC 7; deepnoise_tf/finetune.py): SGD with cosine restarts, fresh head.
-    config.finetune = ml_collections.ConfigDict()
-    config.finetune.momentum = 0.0  # the authors' fine-tuning SGD has no momentum
-    config.finetune.nesterov = False
-    config.finetune.weight_decay = 2e-4
-    config.finetune.learning_rate = 0.1
-    config.finetune.min_learning_rate = 1e-3
-    config.finetune.cycles = 4
-    config.finetune.cycle_epochs = 40.0
-    config.finetune.final_epochs = 5
-    config.finetune.final_learning_rate = 1e-4
-    config.finetune.cycle_scale = {"U2OS": 1.0, "RPE": 0.5, "HEPG2": 0.5, "HUVEC": 0.25}
+    config.finetune = _finetune_defaults()
     return config
 
 
@@ -139,16 +156,138 @@ def cpu_scale(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config
 
 
+# On top of each config's `:cpu` variant, which keeps its image size, width, epochs, learning rates
+# and mean-teacher schedule (`cpu_scale`, tuned on the quickstart data). The `ablation` preset has
+# 2x the classes and 3x the labelled wells of `quickstart` (64 siRNAs; 12 training and 4 validation
+# experiments, 256 validation treatment wells), so differences of a few points are measurable.
+# 32 px images were tried and are too small: at an output stride of 32 the Xception exit flow sees
+# one pixel, and every deep model stayed near 10 % (docs/ablation.md).
+# `cpu_morphology` swaps in the shape phenotype (`ablation_morphology`); its models were still
+# climbing at 32 epochs, and two runs on near-identical inputs differed by up to 0.2, so it trains
+# 64 epochs (learning-rate steps at 48 and 58). Trained from scratch on shape, ArcFace stalls under
+# its full margin and trails softmax at cpu_scale's 3e-3, hence the margin warm-up and a third of
+# the learning rate for every step (measured in docs/ablation.md, "ArcFace at CPU scale"). With
+# consistency from the start the Xception mean teacher ended below ArcFace alone; the paper's
+# labelled-only phase first fixed it ("Mean teacher at CPU scale" there).
+_ABLATION_CPU = {"data.synthetic_preset": "ablation"}
+_ABLATION_SCALE_SETTINGS = {
+    "cpu": _ABLATION_CPU,
+    "cpu_morphology": {
+        **_ABLATION_CPU,
+        "data.synthetic_preset": "ablation_morphology",
+        "train.epochs": 64,
+        "train.learning_rates": (1e-3, 3.3e-4, 3.3e-5),
+        "train.lr_epoch_boundaries": (48, 58),
+        "model.arcface_margin_warmup_epochs": 16.0,
+        "mean_teacher.consistency_start_epoch": 32.0,
+    },
+    "paper": {},  # the paper configs as they are
+}
+ABLATION_SCALES = tuple(_ABLATION_SCALE_SETTINGS)  # `python -m deepnoise_tf.ablation --scale`
+
+
+def ablation_scale_settings(scale: str) -> dict[str, Any]:
+    """{dotted field: value} that the ablation scale `scale` sets (on top of `:cpu` except "paper")."""
+    if scale not in _ABLATION_SCALE_SETTINGS:
+        raise ValueError(f"unknown ablation scale {scale!r}{_did_you_mean(scale, ABLATION_SCALES)}; "
+                         f"valid scales: {', '.join(ABLATION_SCALES)}")  # fmt: skip
+    return dict(_ABLATION_SCALE_SETTINGS[scale])
+
+
+def apply_ablation_scale(config: ml_collections.ConfigDict, scale: str) -> ml_collections.ConfigDict:
+    """Sets the fields of the ablation scale `scale` in `config` (in place) and returns it."""
+    settings = ablation_scale_settings(scale)
+    with config.unlocked():
+        for path, value in settings.items():
+            _set_field(config, path, value)
+    return config
+
+
+# ------------------------------------------------------------------------------------------------
+# Variants: `configs/x.py:a,b`
+
+
+class VariantError(ValueError):
+    """A config file's variant names a word the file does not know."""
+
+
+def _did_you_mean(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _segment(tokens: list[str], allowed: Sequence[str]) -> list[str] | None:
+    """`tokens` as allowed words joined by "_" (longest word first); None when impossible."""
+    if not tokens:
+        return []
+    for end in range(len(tokens), 0, -1):
+        word = "_".join(tokens[:end])
+        rest = _segment(tokens[end:], allowed) if word in allowed else None
+        if rest is not None:
+            return [word, *rest]
+    return None
+
+
+def _unknown_word(tokens: list[str], allowed: Sequence[str]) -> str:
+    """The first stretch of `tokens` that no segmentation into allowed words can cover."""
+    start = max(i for i in range(len(tokens) + 1) if _segment(tokens[:i], allowed) is not None)
+    end = min(j for j in range(start + 1, len(tokens) + 1) if _segment(tokens[j:], allowed) is not None)
+    return "_".join(tokens[start:end])
+
+
+def parse_variant(variant: str, allowed: Sequence[str]) -> ml_collections.ConfigDict:
+    """Reads the `a,b` of `configs/x.py:a,b`: {word: whether given} for every allowed word.
+
+    Words are separated by commas (`cpu,wide`). An underscore separates words too where the joined
+    name is not itself a word: `cpu_wide` (what `ablation.step_config` writes) is `cpu,wide`, while
+    `own_teacher` is one word. Order does not matter.
+
+    Raises:
+      VariantError (a ValueError): naming an unknown, repeated or empty word, with the valid words
+      and the closest one.
+    """
+    words = []
+    for part in variant.split(",") if variant else ():
+        if not allowed:
+            raise VariantError(f"this config takes no variant, got {variant!r}")
+        if not part:
+            raise VariantError(f"variant {variant!r} has an empty word; valid: {', '.join(allowed)}")
+        tokens = part.split("_")
+        segmented = _segment(tokens, allowed)
+        if segmented is None:
+            word = _unknown_word(tokens, allowed)
+            where = f" in {variant!r}" if word != variant else ""
+            raise VariantError(
+                f"unknown variant {word!r}{where}{_did_you_mean(word, allowed)}; valid variants: "
+                f"{', '.join(allowed)} (combine them with commas, e.g. :{','.join(allowed[:2])})"
+            )
+        words.extend(segmented)
+    repeated = sorted({word for word in words if words.count(word) > 1})
+    if repeated:
+        raise VariantError(f"variant {variant!r} repeats {', '.join(repeated)}")
+    return ml_collections.ConfigDict({word: word in words for word in allowed})
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading, validation, overrides
+
+
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Checks values a typo could break; raises ValueError naming the field and the valid values."""
+    """Checks values a typo could break; raises ValueError naming the field and the valid values.
+
+    Imports `deepnoise_tf.models` (Keras) for the registered backbones and the stems; loading a
+    config and applying overrides do not.
+    """
+    from deepnoise_tf import models
+
     checks = [
         ("data.normalization", config.data.normalization, constants.NORMALIZATIONS),
-        ("model.backbone", config.model.backbone, BACKBONES),
+        ("model.backbone", config.model.backbone, models.backbone_names()),
         ("model.head", config.model.head, HEADS),
-        ("model.stem", config.model.stem, STEMS),
+        ("model.stem", config.model.stem, models.STEMS),
         ("train.strategy", config.train.strategy, STRATEGIES),
         ("train.optimizer", config.train.optimizer, OPTIMIZERS),
-        ("train.mixed_precision", config.train.mixed_precision, ("", "mixed_float16", "mixed_bfloat16")),
+        ("train.mixed_precision", config.train.mixed_precision, MIXED_PRECISIONS),
         ("mean_teacher.pseudo_label_source", config.mean_teacher.pseudo_label_source, PSEUDO_LABEL_SOURCES),
         ("mean_teacher.teacher_statistics", config.mean_teacher.teacher_statistics, constants.TEACHER_STATISTICS),
     ]
@@ -173,7 +312,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def load(spec: str) -> ml_collections.ConfigDict:
-    """Loads `path/to/config.py[:variant]` (the `--config` syntax) outside of absl flags."""
+    """Loads `path/to/config.py[:variant]` (the `--config` syntax).
+
+    Raises:
+      FileNotFoundError: no such file.
+      VariantError: the file's `get_config` rejects the variant (the message names the file).
+    """
     path, _, variant = spec.partition(":")
     file = pathlib.Path(path)
     if not file.is_file():
@@ -181,7 +325,10 @@ def load(spec: str) -> ml_collections.ConfigDict:
     module_spec = importlib.util.spec_from_file_location(f"deepnoise_config_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    return module.get_config(variant) if variant else module.get_config()
+    try:
+        return module.get_config(variant) if variant else module.get_config()
+    except VariantError as error:
+        raise VariantError(f"{path}: {error}") from error
 
 
 def _parse_value(text: str) -> Any:
@@ -202,72 +349,140 @@ def _field_paths(config: ml_collections.ConfigDict, prefix: str = "") -> list[st
     return paths
 
 
+def _unknown_field_message(path: str, valid: list[str]) -> str:
+    """Names the closest fields (by spelling, or by last name), else the section's fields."""
+    leaf = path.split(".")[-1]
+    close = difflib.get_close_matches(path, valid, n=3, cutoff=0.8)
+    close += [field for field in valid if field.split(".")[-1] == leaf and field not in close]
+    if close:
+        return f"unknown config field {path!r}; did you mean {' or '.join(map(repr, close))}?"
+    section = path.split(".")[0] + "."
+    siblings = [field for field in valid if field.startswith(section)]
+    if siblings:
+        return f"unknown config field {path!r}; the fields of {section[:-1]!r} are {', '.join(siblings)}"
+    sections = sorted({field.split(".")[0] for field in valid})
+    return f"unknown config field {path!r}; the sections are {', '.join(sections)}"
+
+
+def _set_field(config: ml_collections.ConfigDict, path: str, value: Any, text: str | None = None) -> None:
+    """Sets the existing dotted field `path` (config unlocked), converting `value` to its type.
+
+    `text` is the command-line spelling of `value`: a string field takes it as it is.
+    """
+    *parents, leaf = path.split(".")
+    node = config
+    for parent in parents:
+        node = node[parent]
+    current = node[leaf]
+    if isinstance(current, tuple) and isinstance(value, list):
+        value = tuple(value)
+    elif isinstance(current, tuple) and not isinstance(value, tuple):
+        value = (value,)
+    elif isinstance(current, float) and isinstance(value, int):
+        value = float(value)
+    elif isinstance(current, str) and not isinstance(value, str) and text is not None:
+        value = text
+    try:
+        node[leaf] = value
+    except TypeError as error:
+        shown = text if text is not None else repr(value)
+        raise TypeError(
+            f"config field {path!r} is of type {type(current).__name__} (now {current!r}); "
+            f"cannot set it to {shown}"
+        ) from error
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> ml_collections.ConfigDict:
-    """Sets dotted fields from strings; an unknown field raises KeyError listing the valid fields."""
+    """Sets dotted fields from their command-line text (a Python literal, or a bare string).
+
+    Raises:
+      KeyError: an unknown field; the message suggests the closest fields.
+      TypeError: a value of the wrong type (e.g. "abc" for an int field).
+    """
     valid = _field_paths(config)
     with config.unlocked():
         for path, text in overrides.items():
             if path not in valid:
-                close = [field for field in valid if field.split(".")[-1] == path.split(".")[-1]]
-                hint = f" Did you mean {close}?" if close else ""
-                raise KeyError(f"unknown config field {path!r}.{hint} Valid fields: {', '.join(valid)}")
-            *parents, leaf = path.split(".")
-            node = config
-            for parent in parents:
-                node = node[parent]
-            value = _parse_value(text)
-            current = node[leaf]
-            if isinstance(current, tuple) and isinstance(value, list):
-                value = tuple(value)
-            elif isinstance(current, tuple) and not isinstance(value, tuple):
-                value = (value,)
-            elif isinstance(current, float) and isinstance(value, int):
-                value = float(value)
-            elif isinstance(current, str) and not isinstance(value, str):
-                value = text
-            node[leaf] = value
+                raise KeyError(_unknown_field_message(path, valid))
+            _set_field(config, path, _parse_value(text), text)
     return config
+
+
+# ------------------------------------------------------------------------------------------------
+# The command line of the training CLIs
+
+OVERRIDE_PREFIX = "--config."
+_OVERRIDE_HELP = (
+    "Any config field can be overridden with --config.<field>=<value>, the value a Python literal "
+    "or a bare string, e.g. --config.train.epochs=3 --config.data.builder=rxrx1/128 "
+    "--config.train.learning_rates='(1e-3, 1e-4, 1e-5)'."
+)
+
+
+def argument_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """`--config FILE[:variant]` and `--workdir DIR`; `parse_arguments` adds `--config.a.b=value`.
+
+    Callers add their own arguments to the returned parser.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=_OVERRIDE_HELP)
+    parser.add_argument(
+        "--config",
+        required=True,
+        metavar="FILE[:VARIANT]",
+        help="a config file, e.g. configs/model3_mean_teacher.py:cpu,wide (variant words joined "
+        "by commas; the file's docstring lists them). Override fields with --config.a.b=value, "
+        "e.g. --config.train.epochs=3",
+    )
+    parser.add_argument("--workdir", required=True, help="where checkpoints, logs and the export go")
+    return parser
+
+
+def split_overrides(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """(the other arguments, {dotted field: text}) from `argv`; a malformed override is a CLI error.
+
+    Overrides are taken out before argparse sees them: argparse would read a value with a space,
+    e.g. a tuple, as a positional argument.
+    """
+    rest, overrides = [], {}
+    for argument in argv:
+        if not argument.startswith(OVERRIDE_PREFIX):
+            rest.append(argument)
+            continue
+        path, equals, text = argument[len(OVERRIDE_PREFIX) :].partition("=")
+        if not equals or not path:
+            parser.error(f"{argument!r}: overrides look like --config.train.epochs=3")
+        overrides[path] = text
+    return rest, overrides
+
+
+def parse_arguments(
+    parser: argparse.ArgumentParser, argv: Sequence[str]
+) -> tuple[argparse.Namespace, ml_collections.ConfigDict]:
+    """(parsed arguments, validated config) from `argv`: the parser's arguments plus overrides.
+
+    Every mistake in the command line (an unknown argument or field, a malformed override, a
+    value of the wrong type or out of range, a bad variant, a missing config file) ends in
+    `parser.error`: one line on stderr and exit status 2, before any work.
+    """
+    rest, overrides = split_overrides(parser, argv)
+    arguments = parser.parse_args(rest)
+    try:
+        config = load(arguments.config)
+    except (FileNotFoundError, VariantError) as error:
+        parser.error(str(error))
+    try:
+        config = apply_overrides(config, overrides)
+    except KeyError as error:
+        parser.error(error.args[0])  # str() of a KeyError would quote the message
+    except TypeError as error:
+        parser.error(str(error))
+    try:
+        return arguments, validate(config)
+    except ValueError as error:
+        parser.error(str(error))
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:
     """The config as JSON: written next to every run so it can be reproduced."""
     return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
 
-
-def argument_parser(prog: str, description: str):
-    """The `--config FILE[:variant]` and `--workdir DIR` arguments shared by the training CLIs."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--config", required=True, help="configs/<name>.py[:variant]")
-    parser.add_argument("--workdir", required=True, help="where checkpoints, logs and the export go")
-    return parser
-
-
-def parse_arguments(parser, argv):
-    """(parsed arguments, validated config): the parser's own arguments plus `--config.path=value`s."""
-    rest, overrides = split_overrides(parser, argv)
-    known, unknown = parser.parse_known_args(rest)
-    if unknown:
-        parser.error(f"unrecognized arguments {unknown} (overrides look like --config.train.epochs=3)")
-    config = load(known.config)
-    config = validate(apply_overrides(config, overrides))
-    return known, config
-
-
-def split_overrides(parser, argv) -> tuple[list[str], dict[str, str]]:
-    """(the other arguments, {dotted path: value text}) of every `--config.path=value` in `argv`.
-
-    Overrides are taken out before argparse sees them: it reads a value holding a space (a tuple)
-    as a positional argument, which an `nargs="+"` flag before it would swallow.
-    """
-    rest, overrides = [], {}
-    for argument in argv:
-        if not argument.startswith("--config."):
-            rest.append(argument)
-            continue
-        if "=" not in argument:
-            parser.error(f"{argument!r}: overrides look like --config.train.epochs=3")
-        path, _, value = argument[len("--config.") :].partition("=")
-        overrides[path] = value
-    return rest, overrides

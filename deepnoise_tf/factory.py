@@ -53,9 +53,9 @@ def strategy_for(train_config) -> tf.distribute.Strategy:
 
 def build_network(model_config, image_size: int, name: str) -> dict:
     """Backbone (images -> embedding) and head (embedding[, labels] -> logits)."""
-    backbone = models.xception(
+    backbone = models.build(
+        model_config.backbone,
         (image_size, image_size, constants.NUM_CHANNELS),
-        wide=model_config.backbone == "xception_wide",
         stem=model_config.stem,
         width=model_config.width,
         sync_batch_norm=model_config.sync_batch_norm,
@@ -77,7 +77,7 @@ def build_network(model_config, image_size: int, name: str) -> dict:
 
 
 def finetune_epoch_scale(config) -> float:
-    """The cycle-length factor r of the one cell type being fine-tuned (SPEC 7)."""
+    """The cycle-length factor r of the one cell type being fine-tuned (paper Fig. 5B; r from the public code)."""
     cell_types = tuple(config.data.cell_types)
     if len(cell_types) != 1:
         raise ValueError(

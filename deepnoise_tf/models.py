@@ -1,4 +1,8 @@
-"""Backbones: Xception and Xception-Wide from images to the un-normalised embedding (SPEC section 4).
+"""Backbones: a registry of named networks (Xception, Xception-Wide) from images to the embedding.
+
+Each backbone is a builder function registered under its name with `@register_backbone` (as timm's
+`@register_model`); `build(name, input_shape, ...)` is the one way configs create them, and
+`backbone_names()` is the one list of valid `config.model.backbone` values.
 
 Written with `keras.layers` only, so the same code runs on the TensorFlow and the JAX backends.
 Layer names follow `keras.applications.Xception` ("block4_sepconv2_bn", ...), with the residual
@@ -11,6 +15,8 @@ Reference: Chollet, "Xception: Deep Learning with Depthwise Separable Convolutio
 from __future__ import annotations
 
 import dataclasses
+import difflib
+from collections.abc import Callable
 
 import h5py
 import keras
@@ -18,8 +24,7 @@ import numpy as np
 
 from deepnoise_tf import constants
 
-STEMS = ("7x7", "3x3")
-ARCHITECTURES = ("xception", "xception_wide")
+STEMS = ("7x7", "3x3")  # the valid `config.model.stem` values; see `xception` for what each is
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +43,8 @@ class Widths:
 XCEPTION_WIDTHS = Widths(
     stem=32, conv2=64, entry=(128, 256, 728), middle=728, exit=(728, 1024), final=(1536, 2048)
 )
-# Xception-Wide as trained by DeepNoise: every stage widened (SPEC section 4).
+# Xception-Wide as trained by DeepNoise. The paper (section "Model ensemble") names only the stem's
+# 64 output channels against Xception's 32; the authors' public code widens every stage as below.
 XCEPTION_WIDE_WIDTHS = Widths(
     stem=64, conv2=128, entry=(256, 384, 1024), middle=1024, exit=(1024, 1024), final=(1536, 2048)
 )
@@ -120,48 +126,22 @@ def _middle_block(x, block: int, filters: int, batch_norm: _BatchNormSettings):
     return keras.layers.Add(name=f"{prefix}_add")([x, residual])
 
 
-def xception(
+def _xception_network(
     input_shape,
+    widths: Widths,
     *,
-    wide: bool = False,
-    stem: str = "7x7",
-    width: float = 1.0,
-    sync_batch_norm: bool = True,
-    batch_norm_momentum: float = 0.99,
-    weights: str | None = None,
-    name: str | None = None,
+    stem: str,
+    width: float,
+    sync_batch_norm: bool,
+    batch_norm_momentum: float,
+    name: str,
 ) -> keras.Model:
-    """Builds Xception (or Xception-Wide) from images to the embedding.
-
-    Args:
-      input_shape: (height, width, channels) of the normalised float images, e.g. (512, 512, 6).
-      wide: Xception-Wide (every stage widened, SPEC section 4) instead of Xception.
-      stem: "7x7" (DeepNoise's public code: 7x7 stride-2 conv, zero padding 3) or "3x3"
-        (Chollet's original 3x3 stride-2 valid conv).
-      width: multiplies every stage's channels (rounded to multiples of 8); < 1 for CPU configs.
-      sync_batch_norm: on the TensorFlow backend, batch statistics are all-reduced across the
-        replicas of a `tf.distribute` strategy, so every replica updates identical moving
-        statistics (plain batch norm keeps one diverging copy per replica and checkpoints
-        replica 0's). Ignored on JAX, where a data-parallel batch is one global array and the
-        statistics are global anyway.
-      batch_norm_momentum: momentum of the moving statistics (Keras's 0.99 by default; short
-        CPU runs need faster-moving statistics).
-      weights: optional local path to Keras's Xception ImageNet weights (.h5 or .weights.h5);
-        needs wide=False and width=1.0. See `load_imagenet_weights`.
-      name: model name; defaults to "xception" / "xception_wide".
-
-    Returns:
-      A `keras.Model` mapping [N, H, W, C] images to [N, D] embeddings: the global average pool
-      of the last batch-norm output, with no final ReLU and no L2 normalisation (the ArcFace
-      head normalises). D = 2048 at width 1.
-    """
+    """The Xception topology (Chollet 2017, Fig. 5) at the stage widths `widths` x `width`."""
     if stem not in STEMS:
         raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
     if width <= 0:
         raise ValueError(f"width must be positive, got {width}")
-    if weights is not None and (wide or width != 1.0):
-        raise ValueError("ImageNet weights exist only for Xception (wide=False) at width=1.0")
-    widths = _scaled_widths(XCEPTION_WIDE_WIDTHS if wide else XCEPTION_WIDTHS, width)
+    widths = _scaled_widths(widths, width)
     # keras.layers.BatchNormalization(synchronized=True) is implemented on TensorFlow only.
     batch_norm = _BatchNormSettings(
         synchronized=bool(sync_batch_norm) and keras.backend.backend() == "tensorflow",
@@ -199,19 +179,124 @@ def xception(
     # DeepNoise embeds the last batch-norm output directly: no ReLU before pooling.
     embeddings = keras.layers.GlobalAveragePooling2D(name="embedding")(x)
 
-    model = keras.Model(images, embeddings, name=name or ("xception_wide" if wide else "xception"))
+    return keras.Model(images, embeddings, name=name)
+
+
+_BACKBONES: dict[str, Callable[..., keras.Model]] = {}
+
+
+def register_backbone(builder: Callable[..., keras.Model]) -> Callable[..., keras.Model]:
+    """Decorator: registers `builder` as the backbone named after the function.
+
+    A builder takes `(input_shape, *, stem, width, sync_batch_norm, batch_norm_momentum, weights,
+    name)`, the arguments `deepnoise_tf.factory` passes from `config.model`, and returns a
+    `keras.Model` from [N, H, W, C] images to [N, D] embeddings.
+    """
+    if builder.__name__ in _BACKBONES:
+        raise ValueError(f"a backbone named {builder.__name__!r} is already registered")
+    _BACKBONES[builder.__name__] = builder
+    return builder
+
+
+def backbone_names() -> tuple[str, ...]:
+    """The registered backbones: the valid values of `config.model.backbone`."""
+    return tuple(_BACKBONES)
+
+
+def build(backbone: str, input_shape=None, **kwargs) -> keras.Model:
+    """Builds the registered backbone `backbone` (e.g. "xception_wide"); kwargs go to its builder.
+
+    `input_shape` defaults to RxRx1's native (512, 512, 6).
+    """
+    if backbone not in _BACKBONES:
+        close = difflib.get_close_matches(backbone, _BACKBONES, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown backbone {backbone!r}.{hint} Valid backbones: {', '.join(_BACKBONES)}")
+    if input_shape is None:
+        input_shape = (constants.IMAGE_SIZE, constants.IMAGE_SIZE, constants.NUM_CHANNELS)
+    return _BACKBONES[backbone](input_shape, **kwargs)
+
+
+@register_backbone
+def xception(
+    input_shape,
+    *,
+    stem: str = "7x7",
+    width: float = 1.0,
+    sync_batch_norm: bool = True,
+    batch_norm_momentum: float = 0.99,
+    weights: str | None = None,
+    name: str | None = None,
+) -> keras.Model:
+    """Chollet's Xception, from images to the embedding.
+
+    Args:
+      input_shape: (height, width, channels) of the normalised float images, e.g. (512, 512, 6).
+      stem: "7x7" (DeepNoise's public code: 7x7 stride-2 conv, zero padding 3) or "3x3"
+        (Chollet's original 3x3 stride-2 valid conv).
+      width: multiplies every stage's channels (rounded to multiples of 8); < 1 for CPU configs.
+      sync_batch_norm: on the TensorFlow backend, batch statistics are all-reduced across the
+        replicas of a `tf.distribute` strategy, so every replica updates identical moving
+        statistics (plain batch norm keeps one diverging copy per replica and checkpoints
+        replica 0's). Ignored on JAX, where a data-parallel batch is one global array and the
+        statistics are global anyway.
+      batch_norm_momentum: momentum of the moving statistics (Keras's 0.99 by default; short
+        CPU runs need faster-moving statistics).
+      weights: optional local path to Keras's Xception ImageNet weights (.h5 or .weights.h5);
+        needs width=1.0. See `load_imagenet_weights`.
+      name: model name; defaults to "xception".
+
+    Returns:
+      A `keras.Model` mapping [N, H, W, C] images to [N, D] embeddings: the global average pool
+      of the last batch-norm output, with no final ReLU and no L2 normalisation (the ArcFace
+      head normalises). D = 2048 at width 1.
+    """
+    if weights is not None and width != 1.0:
+        raise ValueError(f"ImageNet weights exist only for Xception at width=1.0, got width={width}")
+    model = _xception_network(
+        input_shape,
+        XCEPTION_WIDTHS,
+        stem=stem,
+        width=width,
+        sync_batch_norm=sync_batch_norm,
+        batch_norm_momentum=batch_norm_momentum,
+        name=name or "xception",
+    )
     if weights is not None:
         load_imagenet_weights(model, weights)
     return model
 
 
-def build(architecture: str, input_shape=None, **kwargs) -> keras.Model:
-    """Builds a backbone by name ("xception" or "xception_wide"); kwargs go to `xception`."""
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
-    if input_shape is None:
-        input_shape = (constants.IMAGE_SIZE, constants.IMAGE_SIZE, constants.NUM_CHANNELS)
-    return xception(input_shape, wide=architecture == "xception_wide", **kwargs)
+@register_backbone
+def xception_wide(
+    input_shape,
+    *,
+    stem: str = "7x7",
+    width: float = 1.0,
+    sync_batch_norm: bool = True,
+    batch_norm_momentum: float = 0.99,
+    weights: str | None = None,
+    name: str | None = None,
+) -> keras.Model:
+    """Xception-Wide (`XCEPTION_WIDE_WIDTHS`: every stage widened), from images to the embedding.
+
+    Takes the arguments of `xception`, except that `weights` must stay None: there are no ImageNet
+    weights for Xception-Wide, which trains from scratch. The name defaults to "xception_wide";
+    D = 2048 at width 1.
+    """
+    if weights is not None:
+        raise ValueError(
+            "ImageNet weights exist only for Xception at width=1.0; Xception-Wide trains from scratch"
+        )
+    return _xception_network(
+        input_shape,
+        XCEPTION_WIDE_WIDTHS,
+        stem=stem,
+        width=width,
+        sync_batch_norm=sync_batch_norm,
+        batch_norm_momentum=batch_norm_momentum,
+        name=name or "xception_wide",
+    )
 
 
 def embedding_dim(model: keras.Model) -> int:

@@ -51,10 +51,10 @@ def test_parameter_counts_match_keras_and_spec():
     xception = models.xception((512, 512, 6))
     # The 7x7 stem over 6 channels replaces the 3x3 stem over 3 channels (32 filters).
     assert xception.count_params() == reference.count_params() + (7 * 7 * 6 - 3 * 3 * 3) * 32
-    wide = models.xception((512, 512, 6), wide=True)
+    wide = models.xception_wide((512, 512, 6))
     trainable = [sum(np.prod(w.shape) for w in m.trainable_weights) for m in (xception, wide)]
-    assert abs(trainable[0] - 20.8e6) < 0.05e6  # SPEC: ~20.8 M
-    assert abs(trainable[1] - 35.8e6) < 0.05e6  # SPEC: ~35.8 M
+    assert abs(trainable[0] - 20.8e6) < 0.05e6  # keras.applications.Xception without its top
+    assert abs(trainable[1] - 35.8e6) < 0.05e6  # the authors' Xception-Wide (public code)
     assert models.embedding_dim(xception) == models.embedding_dim(wide) == 2048
 
 
@@ -115,7 +115,7 @@ def test_six_channel_stem_adaptation_preserves_grey_image_response(reference_and
 def test_weights_need_plain_width_one_xception(reference_and_files):
     _, legacy, _ = reference_and_files
     with pytest.raises(ValueError, match="width"):
-        models.xception((71, 71, 6), wide=True, weights=legacy)
+        models.xception_wide((71, 71, 6), weights=legacy)
     with pytest.raises(ValueError, match="width"):
         models.xception((71, 71, 6), width=0.5, weights=legacy)
 
@@ -142,7 +142,7 @@ def test_width_multiplier_scales_every_stage():
     model = models.xception((64, 64, 6), width=0.25)
     assert models.embedding_dim(model) == 512
     assert model.get_layer("block7_sepconv2").pointwise_kernel.shape == (1, 1, 184, 184)
-    wide = models.xception((64, 64, 6), wide=True, width=0.25)
+    wide = models.xception_wide((64, 64, 6), width=0.25)
     assert wide.get_layer("block7_sepconv2").pointwise_kernel.shape == (1, 1, 256, 256)
     fast = models.xception((64, 64, 6), width=0.25, batch_norm_momentum=0.9)
     batch_norms = [x for x in fast.layers if isinstance(x, keras.layers.BatchNormalization)]
@@ -151,6 +151,55 @@ def test_width_multiplier_scales_every_stage():
     assert models.build("xception_wide", (64, 64, 6), width=0.25).count_params() == (
         wide.count_params()
     )
+
+
+# count_params() of every backbone and stem at two widths, from docs/models.md's table (measured
+# before the backbones became registry entries: checkpoints of either must still load).
+@pytest.mark.parametrize(
+    "backbone, stem, width, parameters, embedding",
+    [
+        ("xception", "7x7", 1.0, 20_870_024, 2048),
+        ("xception", "3x3", 1.0, 20_862_344, 2048),
+        ("xception", "7x7", 0.125, 347_232, 256),
+        ("xception_wide", "7x7", 1.0, 35_863_040, 2048),
+        ("xception_wide", "3x3", 1.0, 35_847_680, 2048),
+        ("xception_wide", "7x7", 0.125, 609_472, 256),
+    ],
+)
+def test_registered_backbones_keep_their_parameter_counts(backbone, stem, width, parameters, embedding):
+    model = models.build(backbone, (71, 71, 6), stem=stem, width=width)
+    assert model.count_params() == parameters
+    assert models.embedding_dim(model) == embedding
+    assert model.name == backbone
+
+
+def test_registry_names_every_backbone_and_rejects_unknown_ones():
+    assert models.backbone_names() == ("xception", "xception_wide")
+    assert models.build("xception_wide", (32, 32, 6), **TINY).name == "xception_wide"
+    with pytest.raises(ValueError) as error:
+        models.build("xception_wdie", (32, 32, 6))
+    assert "Did you mean 'xception_wide'?" in str(error.value)
+    assert "Valid backbones: xception, xception_wide" in str(error.value)
+    with pytest.raises(ValueError, match="already registered"):
+        models.register_backbone(models.xception)
+
+
+def layout(model):
+    """Layer names with their weights' paths and shapes: what a checkpoint's keys and arrays follow."""
+    return [(layer.name, [(w.path, tuple(w.shape)) for w in layer.weights]) for layer in model.layers]
+
+
+def test_factory_builds_the_registered_backbone_with_the_same_layers():
+    from deepnoise_tf import config as config_lib
+    from deepnoise_tf import factory
+
+    for backbone in models.backbone_names():
+        config = config_lib.default_config()
+        config.model.backbone, config.model.width, config.model.stem = backbone, 0.0625, "3x3"
+        built = factory.build_network(config.model, 32, "student")["backbone"]
+        direct = models.build(backbone, (32, 32, 6), stem="3x3", width=0.0625)
+        assert built.name == "student_backbone"
+        assert len(built.layers) == 132 and layout(built) == layout(direct)
 
 
 def test_mixed_precision_backbone_feeds_float32_head_and_loss():
