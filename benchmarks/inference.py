@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from deepnoise_tf import config as config_lib
-from deepnoise_tf import constants, export, factory, inference, postprocess
+from deepnoise_tf import constants, export, factory, inference, models, postprocess
 
 
 def build_export(backbone: str, size: int, width: float, directory: str) -> str:
@@ -94,7 +94,7 @@ def time_postprocessing(experiments: int, methods, seed: int = 0) -> list[tuple[
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", choices=config_lib.BACKBONES, default="xception")
+    parser.add_argument("--backbone", choices=models.backbone_names(), default="xception")
     parser.add_argument("--size", type=int, default=64, help="image size the model is exported at")
     parser.add_argument("--width", type=float, default=0.125, help="backbone width multiplier")
     parser.add_argument("--batch_sizes", default="1,2,4,8,16,32,64")

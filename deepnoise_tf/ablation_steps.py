@@ -86,36 +86,9 @@ PAPER_ACCURACY = {step.name: step.paper_accuracy for step in STEPS}
 FIGURE_3A = ("norm_cell_type", "norm_experiment", "norm_plate")
 FIGURE_3B = ("norm_plate", "arcface", "mean_teacher", "ensemble", "postprocess")
 
-# On top of each config's `:cpu` variant, which keeps its image size, width, epochs, learning rates
-# and mean-teacher schedule (config.cpu_scale, tuned on the quickstart data). The `ablation` preset
-# has 2x the classes and 3x the labelled wells of `quickstart` (64 siRNAs; 12 training and 4
-# validation experiments, 256 validation treatment wells), so differences of a few points are
-# measurable. 32 px images were tried and are too small: at an output stride of 32 the Xception
-# exit flow sees one pixel, and every deep model stayed near 10 % (docs/ablation.md).
-# `--scale cpu_morphology` swaps in the shape phenotype (`ablation_morphology`); its models were
-# still climbing at 32 epochs, and two runs on near-identical inputs differed by up to 0.2, so it
-# trains 64 epochs (learning-rate steps at 48 and 58). Trained from scratch on shape, ArcFace stalls
-# under its full margin and trails softmax at cpu_scale's 3e-3, hence the margin warm-up and a third
-# of the learning rate for every step (measured in docs/ablation.md, "ArcFace at CPU scale"). With
-# consistency from the start the Xception mean teacher ended below ArcFace alone; the paper's
-# labelled-only phase first fixed it ("Mean teacher at CPU scale" there).
-CPU_SETTINGS = {
-    "data.synthetic_preset": "ablation",
-}
-SCALE_SETTINGS = {
-    "cpu": CPU_SETTINGS,
-    "cpu_morphology": {
-        **CPU_SETTINGS,
-        "data.synthetic_preset": "ablation_morphology",
-        "train.epochs": 64,
-        "train.learning_rates": (1e-3, 3.3e-4, 3.3e-5),
-        "train.lr_epoch_boundaries": (48, 58),
-        "model.arcface_margin_warmup_epochs": 16.0,
-        "mean_teacher.consistency_start_epoch": 32.0,
-    },
-    "paper": {},
-}
-SCALES = tuple(SCALE_SETTINGS)
+# The scales (`--scale cpu|cpu_morphology|paper`) and why each setting is what it is: config code,
+# `config.ablation_scale_settings`.
+SCALES = config_lib.ABLATION_SCALES
 
 # ------------------------------------------------------------------------------------------------
 # Configs (pure)
@@ -129,14 +102,11 @@ def step_config(step: Step, *, scale: str = "cpu", overrides: dict[str, str] | N
     """
     if not step.trains:
         raise ValueError(f"step {step.name!r} trains nothing")
-    if scale not in SCALES:
-        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     on_cpu = scale != "paper"
-    variant = "_".join(part for part in ("cpu" if on_cpu else "", step.variant) if part)
+    variant = ",".join(part for part in ("cpu" if on_cpu else "", step.variant) if part)
     spec = str(pathlib.Path(configs_dir) / step.config_file) + (f":{variant}" if variant else "")
     config = config_lib.load(spec)
-    settings = SCALE_SETTINGS[scale]
-    config = config_lib.apply_overrides(config, {k: repr(v) for k, v in settings.items()})
+    config = config_lib.apply_ablation_scale(config, scale)
     config = config_lib.apply_overrides(config, dict(overrides or {}))
     config = config_lib.apply_overrides(config, {k: repr(v) for k, v in step.overrides})
     return config_lib.validate(config)

@@ -25,6 +25,8 @@ EXTENDABLE_FIELDS = (
 
 def validate(config):
     """Checks the `pipeline` block (and what it needs of the rest); raises ValueError naming the field."""
+    from deepnoise_tf import models  # keras: imported only when a pipeline config is checked
+
     config_lib.validate(config)
     if "pipeline" not in config:
         raise ValueError("the config has no `pipeline` block: use configs/deepnoise.py")
@@ -35,9 +37,9 @@ def validate(config):
             f"config.pipeline.backbones={list(backbones)} must name distinct backbones"
         )
     for backbone in backbones:
-        if backbone not in config_lib.BACKBONES:
+        if backbone not in models.backbone_names():
             raise ValueError(
-                f"config.pipeline.backbones: {backbone!r} is not one of {list(config_lib.BACKBONES)}"
+                f"config.pipeline.backbones: {backbone!r} is not one of {list(models.backbone_names())}"
             )
     if pipeline.postprocess not in postprocess.METHODS:
         raise ValueError(

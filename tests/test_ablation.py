@@ -149,7 +149,7 @@ def test_steps_differ_only_where_the_paper_ablation_says():
     assert differing_fields(configs["mean_teacher_wide"], configs["mean_teacher"]) == {
         "model.backbone"
     }
-    for name, value in ablation_steps.CPU_SETTINGS.items():
+    for name, value in config_lib.ablation_scale_settings("cpu").items():
         section, field = name.split(".")
         assert all(config[section][field] == value for config in configs.values())
     morphology = ablation_steps.step_config(ablation_steps.STEPS[3], scale="cpu_morphology")

@@ -1,9 +1,8 @@
 """Well aggregation, ensembles, predictions and accuracy tables against hand-computed cases."""
 
 import numpy as np
-import pytest
-
 import pandas as pd
+import pytest
 
 from deepnoise_tf import evaluation
 

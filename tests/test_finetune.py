@@ -19,7 +19,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from deepnoise_tf import config as config_lib
-from deepnoise_tf import constants, data, factory, finetune, synthetic, train
+from deepnoise_tf import constants, data, factory, finetuning, synthetic, training
 from deepnoise_tf.mean_teacher import MeanTeacher
 
 STEPS_PER_EPOCH = 4
@@ -133,7 +133,7 @@ def finetuned(tiny_data, pretrained, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(MeanTeacher, "fit", spying_fit)
         patch.setattr(data, "select_experiments", spying_select)
-        exports = finetune.run(config, str(workdir), init_workdir=pretrained["workdir"], cell_types="HUVEC")
+        exports = finetuning.run(config, str(workdir), init_workdir=pretrained["workdir"], cell_types="HUVEC")
     return {"workdir": workdir, "exports": exports, "config": config, **record}
 
 
@@ -156,7 +156,7 @@ def test_head_is_fresh_and_backbone_starts_from_the_pretrained_teacher(finetuned
 def test_only_the_chosen_cell_type_is_read(finetuned, tiny_data):
     experiments = set(finetuned["experiments"])
     assert experiments, "the spy saw no example"
-    assert {finetune.cell_type_of(experiment) for experiment in experiments} == {"HUVEC"}
+    assert {finetuning.cell_type_of(experiment) for experiment in experiments} == {"HUVEC"}
     data_dir, builder = tiny_data
     truth = {}
     for split in ("train", "test"):
@@ -218,7 +218,7 @@ def test_the_cell_type_export_serves_the_finetuned_teacher(finetuned):
     assert int(metadata["image_size"]) == IMAGE_SIZE and metadata["normalization"].numpy() == b"plate"
     np.testing.assert_allclose(outputs["probabilities"].sum(axis=1), 1.0, rtol=1e-5)
     # Reference: the fine-tuned teacher rebuilt from the cell type's checkpoint, normalized in numpy.
-    cell_config = finetune.cell_type_config(finetuned["config"], "HUVEC")
+    cell_config = finetuning.cell_type_config(finetuned["config"], "HUVEC")
     model = factory.build_model(cell_config, STEPS_PER_EPOCH)
     model.load_weights(str(finetuned["workdir"] / "HUVEC" / "checkpoints" / "last.weights.h5"))
     normalized = (inputs["image"] - inputs["mean"][:, None, None, :]) / inputs["std"][:, None, None, :]
@@ -236,31 +236,31 @@ def test_rerun_skips_finished_cell_types(finetuned, pretrained, monkeypatch):
         calls.append((tuple(config.data.cell_types), config.train.epochs, workdir, kwargs))
         raise Stop
 
-    monkeypatch.setattr(train, "train", fake_train)
+    monkeypatch.setattr(training, "run", fake_train)
     workdir = str(finetuned["workdir"])
-    again = finetune.run(finetuned["config"], workdir, init_workdir=pretrained["workdir"], cell_types=["HUVEC"])
+    again = finetuning.run(finetuned["config"], workdir, init_workdir=pretrained["workdir"], cell_types=["HUVEC"])
     assert again == finetuned["exports"] and calls == []
     with pytest.raises(Stop):
-        finetune.run(finetuned["config"], workdir, init_workdir=pretrained["workdir"], cell_types=["HUVEC", "HEPG2"])
+        finetuning.run(finetuned["config"], workdir, init_workdir=pretrained["workdir"], cell_types=["HUVEC", "HEPG2"])
     ((cell_types, epochs, cell_dir, kwargs),) = calls  # HUVEC skipped, HEPG2 started
     assert cell_types == ("HEPG2",) and epochs == math.ceil(2 * 2.0 * 0.5 + 1)
-    assert cell_dir.endswith("HEPG2") and kwargs["initial_backbone"].endswith(finetune.BACKBONE_FILE)
+    assert cell_dir.endswith("HEPG2") and kwargs["initial_backbone"].endswith(finetuning.BACKBONE_FILE)
 
 
 def test_cell_type_config_and_errors(tiny_data):
     config = tiny_config(*tiny_data)
     with config.unlocked():
         config.data.val_experiments = ("HEPG2-03", "HUVEC-16", "U2OS-03")
-    cell = finetune.cell_type_config(config, "HUVEC")
+    cell = finetuning.cell_type_config(config, "HUVEC")
     assert cell.data.cell_types == ("HUVEC",) and cell.data.val_experiments == ("HUVEC-16",)
     assert cell.train.optimizer == "sgd_cosine" and config.train.optimizer == "adamw"  # a copy
     assert factory.finetune_epoch_scale(cell) == 0.25
     with pytest.raises(ValueError, match="exactly one cell type"):
         factory.finetune_epoch_scale(config)
     with pytest.raises(ValueError, match="not one of"):
-        finetune.resolve_cell_types(config, "HUVEC,MCF7")
-    assert finetune.resolve_cell_types(config, None) == constants.CELL_TYPES
+        finetuning.resolve_cell_types(config, "HUVEC,MCF7")
+    assert finetuning.resolve_cell_types(config, None) == constants.CELL_TYPES
     other = tiny_config(*tiny_data)
     other.model.width = 0.125
     with pytest.raises(ValueError, match="model.width"):
-        finetune.check_compatible(config, other)
+        finetuning.check_compatible(config, other)

@@ -20,8 +20,21 @@ import pytest
 import tensorflow_datasets as tfds
 
 import tfds_rxrx1  # noqa: F401  (registers the builder)
+from deepnoise_tf import (
+    algorithm,
+    constants,
+    evaluation,
+    finetuning,
+    inference,
+    models,
+    pipeline_config,
+    pseudo_labels,
+    stages,
+    synthetic,
+    training,
+)
 from deepnoise_tf import config as config_lib
-from deepnoise_tf import constants, finetune, models, pipeline, predict, synthetic, train
+from deepnoise_tf import workdir as workdir_lib
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "deepnoise.py")
 VAL_EXPERIMENTS = ("HEPG2-02", "HUVEC-02")
@@ -30,10 +43,10 @@ FINETUNE_CELL_TYPES = ("HEPG2",)
 MEMBERS = ("xception", "xception_wide")
 
 
-def stand_in_backbone(input_shape, *, wide=False, name=None, **unused):
-    """Images -> embedding in two convolutions (wider for `wide`, so the members differ)."""
+def stand_in_backbone(backbone, input_shape, *, name=None, **unused):
+    """Images -> embedding in two convolutions (wider for Xception-Wide, so the members differ)."""
     del unused
-    filters = 16 if wide else 8
+    filters = 16 if backbone == "xception_wide" else 8
     inputs = keras.Input(input_shape)
     x = keras.layers.Conv2D(filters, 3, strides=2, padding="same")(inputs)
     x = keras.layers.BatchNormalization()(x)
@@ -84,7 +97,7 @@ def tiny_config(data_dir):
 @pytest.fixture(scope="module")
 def stand_in():
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(models, "xception", stand_in_backbone)
+        patch.setattr(models, "build", stand_in_backbone)
         yield
 
 
@@ -99,7 +112,7 @@ def run(stand_in, data, tmp_path_factory):
     data_dir, _ = data
     workdir = str(tmp_path_factory.mktemp("pipeline_run"))
     config = tiny_config(data_dir)
-    outcome = pipeline.run(config, workdir)
+    outcome = algorithm.run(config, workdir)
     return config, workdir, outcome
 
 
@@ -161,7 +174,7 @@ def score(results, round_name, model):
 
 
 def stored(workdir, round_name, split):
-    ids, logits = pipeline.load_logits(
+    ids, logits = stages.load_logits(
         os.path.join(workdir, f"round_{round_name}", "evaluation", f"{split}_logits.npz")
     )
     return list(ids), logits
@@ -184,13 +197,13 @@ def test_stages_run_in_order_and_write_their_files(run, capsys):
     finetune_dir = outcome["finetune_dir"]
     assert os.path.basename(finetune_dir).startswith(f"finetune_round_{selected}_")
     stages += [finetune_dir, os.path.join(finetune_dir, "evaluation")]
-    times = [os.path.getmtime(os.path.join(stage, pipeline.STAGE_FILE)) for stage in stages]
+    times = [os.path.getmtime(os.path.join(stage, workdir_lib.DONE_FILE)) for stage in stages]
     assert times == sorted(times), "stages finished out of order"
-    assert os.path.getmtime(os.path.join(workdir, "export_record.json")) >= times[-1]
+    assert os.path.getmtime(os.path.join(workdir, "export", workdir_lib.DONE_FILE)) >= times[-1]
     for round_index in range(ROUNDS + 1):
         for member in MEMBERS:
             member_dir = os.path.join(workdir, f"round_{round_index}", member)
-            record = pipeline.read_stage(member_dir)
+            record = workdir_lib.read_done(member_dir)
             assert os.path.isfile(record["checkpoint"])
             member_config = json.load(open(os.path.join(member_dir, "config.json")))
             assert member_config["model"]["backbone"] == member and "pipeline" not in member_config
@@ -199,7 +212,7 @@ def test_stages_run_in_order_and_write_their_files(run, capsys):
                 assert record["initial_weights"] is None and record["pseudo_labels"] is None
                 assert (losses == 0).all()
             else:
-                previous = pipeline.read_stage(
+                previous = workdir_lib.read_done(
                     os.path.join(workdir, f"round_{round_index - 1}", member)
                 )
                 assert record["initial_weights"] == previous["checkpoint"]
@@ -227,7 +240,7 @@ def test_results_are_the_accuracies_of_the_stored_predictions(run, truth):
             (m, p) for m in (*MEMBERS, "ensemble") for p in ("none", "assign")
         }
         folder = outcome["finetune_dir"] if round_name == "finetune" else f"round_{round_name}"
-        ids, logits = pipeline.load_logits(
+        ids, logits = stages.load_logits(
             os.path.join(workdir, folder, "evaluation", "val_logits.npz")
         )
         wells = truth.loc[list(ids)]
@@ -272,7 +285,7 @@ def test_pseudo_labels_are_the_post_processed_ensemble_of_the_source_round(run, 
     best_so_far = (-1.0, -1.0)
     for round_index in range(1, ROUNDS + 1):
         directory = os.path.join(workdir, f"round_{round_index}", "pseudo_labels")
-        record = pipeline.read_stage(directory)["sources"]["ensemble"]
+        record = workdir_lib.read_done(directory)["sources"]["ensemble"]
         labels = pd.read_csv(os.path.join(directory, "ensemble.csv"))
         # Keyed by the test treatment wells' id_code, every one of them once.
         assert sorted(labels["id_code"]) == sorted(test_treatment.index)
@@ -308,23 +321,19 @@ def test_pseudo_labels_do_not_depend_on_test_labels(run, tmp_path):
     treatment = sirnas["well_type"] == b"treatment"
     assert (sirnas["sirna"][treatment] == constants.UNKNOWN_LABEL).all()  # nothing to leak from
     kaggle_config = tiny_config(data_dir)
-    members = {
-        member: pipeline.load_member(os.path.join(workdir, "round_0", member)) for member in MEMBERS
-    }
     test_experiments = sorted(
         kaggle_truth.loc[kaggle_truth["dataset"] == "test", "experiment"].unique()
     )
-    wells, logits = pipeline.treatment_only(
-        *pipeline.predict_wells(
-            kaggle_config, members, split="test", experiments=test_experiments, with_labels=False
-        )
+    groups = algorithm.labelled_groups(kaggle_config)
+    context = stages.Context(kaggle_config, str(tmp_path), groups, tuple(test_experiments))
+    folders = {member: os.path.join(workdir, "round_0", member) for member in MEMBERS}
+    wells, logits = stages.member_logits(
+        context, folders, split="test", experiments=test_experiments, with_labels=False
     )
-    labels = pipeline.plate_prior_predictions(
-        wells,
-        pipeline.ensemble_logits(logits, MEMBERS),
-        "assign",
-        pipeline.labelled_groups(kaggle_config),
-    )
+    ensemble = evaluation.ensemble_logits([logits[member] for member in MEMBERS])
+    labels = evaluation.well_predictions(wells, ensemble, method="assign", sirna_groups=groups)[
+        "prediction"
+    ]
     released = pd.read_csv(
         os.path.join(workdir, "round_1", "pseudo_labels", "ensemble.csv")
     ).set_index("id_code")
@@ -339,9 +348,9 @@ def test_own_teacher_pseudo_labels_come_from_each_models_own_logits(run, truth, 
     )
     own = tiny_config(config.data.data_dir)
     own.mean_teacher.pseudo_label_source = "own_teacher"
-    context = pipeline.Context(own, str(tmp_path), pipeline.labelled_groups(own), ())
-    evaluation = pipeline.read_stage(str(tmp_path / "round_0" / "evaluation"))
-    paths = pipeline.pseudo_label_stage(context, 1, [evaluation])
+    context = stages.Context(own, str(tmp_path), algorithm.labelled_groups(own), ())
+    round_0 = workdir_lib.read_done(str(tmp_path / "round_0" / "evaluation"))
+    paths = stages.pseudo_label_stage(context, 1, [round_0])
     ids, logits = stored(workdir, 0, "test")
     wells = truth.loc[ids].reset_index()
     for member in MEMBERS:
@@ -355,19 +364,19 @@ def test_final_export_serves_the_selected_rounds_ensemble(run, data):
     """`predict` with DIR/export (another reading of the data) reproduces the stored ensemble logits."""
     _, workdir, outcome = run
     data_dir, _ = data
-    wells, logits = predict.split_well_logits(
-        os.path.join(workdir, "export"),
+    outputs = inference.predict_split(
+        {"model": inference.load_export(os.path.join(workdir, "export"))},
         data_dir,
-        builder="rxrx1/native",
-        split="test",
-        progress=False,
+        "rxrx1/native",
+        "test",
     )
+    wells, logits = outputs.wells, outputs.logits["model"]
     ids, members = stored(workdir, outcome["selected_round"], "test")
     served = pd.DataFrame(logits, index=wells["id_code"]).loc[ids].to_numpy()
     np.testing.assert_allclose(
         served, (members["xception"].astype(np.float64) + members["xception_wide"]) / 2, atol=1e-4
     )
-    assert predict.load_export(os.path.join(workdir, "export")).num_models == len(MEMBERS)
+    assert inference.load_export(os.path.join(workdir, "export")).num_models == len(MEMBERS)
 
 
 def test_rerun_skips_every_finished_stage(run, monkeypatch, capsys):
@@ -376,11 +385,11 @@ def test_rerun_skips_every_finished_stage(run, monkeypatch, capsys):
     def refuse(*args, **kwargs):
         raise AssertionError("a finished stage ran again")
 
-    monkeypatch.setattr(train, "train", refuse)
-    monkeypatch.setattr(finetune, "run", refuse)
-    monkeypatch.setattr(pipeline, "predict_wells", refuse)
+    monkeypatch.setattr(training, "run", refuse)
+    monkeypatch.setattr(finetuning, "run", refuse)
+    monkeypatch.setattr(inference, "predict_split", refuse)
     before = open(os.path.join(workdir, "results.csv")).read()
-    again = pipeline.run(config, workdir)
+    again = algorithm.run(config, workdir)
     assert open(os.path.join(workdir, "results.csv")).read() == before
     assert (
         again["summary"] == outcome["summary"]
@@ -391,16 +400,16 @@ def test_rerun_skips_every_finished_stage(run, monkeypatch, capsys):
 
 def test_only_fields_that_add_stages_may_change_between_runs(tmp_path):
     config = config_lib.load(CONFIG + ":cpu")
-    pipeline.check_workdir_config(config, str(tmp_path))
+    pipeline_config.check_run_config(config, str(tmp_path))
     more = config_lib.load(CONFIG + ":cpu")
     more.pipeline.pseudo_label_rounds += 1
     more.finetune.learning_rate *= 2  # fine-tunes again, into a folder of its own
-    pipeline.check_workdir_config(more, str(tmp_path))
-    assert pipeline.finetune_settings_key(more) != pipeline.finetune_settings_key(config)
+    pipeline_config.check_run_config(more, str(tmp_path))
+    assert pipeline_config.finetune_settings_key(more) != pipeline_config.finetune_settings_key(config)
     other = config_lib.load(CONFIG + ":cpu")
     other.model.width = 0.25
     with pytest.raises(ValueError, match="model.width"):
-        pipeline.check_workdir_config(other, str(tmp_path))
+        pipeline_config.check_run_config(other, str(tmp_path))
 
 
 def test_rerun_with_another_config_is_refused(run):
@@ -408,7 +417,7 @@ def test_rerun_with_another_config_is_refused(run):
     changed = tiny_config(config.data.data_dir)
     changed.train.epochs = 3
     with pytest.raises(ValueError, match="train.epochs"):
-        pipeline.run(changed, workdir)
+        algorithm.run(changed, workdir)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -416,13 +425,13 @@ def test_rerun_with_another_config_is_refused(run):
 
 
 def test_pseudo_labels_refresh_only_on_a_strict_improvement():
-    assert pipeline.best_round([0.2]) == 0
-    assert pipeline.best_round([0.2, 0.3, 0.3]) == 1  # a tie keeps the earlier labels
-    assert pipeline.best_round([0.4, 0.3, 0.35]) == 0
-    assert pipeline.best_round([float("nan"), 0.1]) == 1
+    assert pseudo_labels.best_round([0.2]) == 0
+    assert pseudo_labels.best_round([0.2, 0.3, 0.3]) == 1  # a tie keeps the earlier labels
+    assert pseudo_labels.best_round([0.4, 0.3, 0.35]) == 0
+    assert pseudo_labels.best_round([float("nan"), 0.1]) == 1
     # (post-processed, plain): the plain accuracy breaks a tie of the saturated post-processed one.
-    assert pipeline.best_round([(1.0, 0.7), (1.0, 0.8), (1.0, 0.8)]) == 1
-    assert pipeline.best_round([(1.0, 0.7), (0.9, 0.95)]) == 0
+    assert pseudo_labels.best_round([(1.0, 0.7), (1.0, 0.8), (1.0, 0.8)]) == 1
+    assert pseudo_labels.best_round([(1.0, 0.7), (0.9, 0.95)]) == 0
 
 
 def test_source_score_reads_the_overall_rows():
@@ -432,21 +441,21 @@ def test_source_score_reads_the_overall_rows():
         {"model": "ensemble", "postprocess": "none", "cell_type": "all", "accuracy": 0.6},
         {"model": "xception", "postprocess": "none", "cell_type": "all", "accuracy": 0.4},
     ]
-    assert pipeline.source_score(rows, "ensemble", "assign") == (0.9, 0.6)
+    assert pseudo_labels.source_score(rows, "ensemble", "assign") == (0.9, 0.6)
     with pytest.raises(KeyError, match="xception"):
-        pipeline.source_score(rows, "xception", "assign")
+        pseudo_labels.source_score(rows, "xception", "assign")
 
 
 def test_logit_bank_takes_the_first_refresh_then_blends():
     new = np.array([[1.0, 3.0]])
-    np.testing.assert_array_equal(pipeline.blend_bank(None, new, 0.9), new)
-    np.testing.assert_allclose(pipeline.blend_bank(np.array([[11.0, 3.0]]), new, 0.9), [[2.0, 3.0]])
+    np.testing.assert_array_equal(pseudo_labels.blend_bank(None, new, 0.9), new)
+    np.testing.assert_allclose(pseudo_labels.blend_bank(np.array([[11.0, 3.0]]), new, 0.9), [[2.0, 3.0]])
 
 
 def test_member_configs_per_round():
     config = config_lib.load(CONFIG)
-    first = pipeline.member_config(config, "xception_wide", 0)
-    later = pipeline.member_config(config, "xception", 2)
+    first = pipeline_config.member_config(config, "xception_wide", 0)
+    later = pipeline_config.member_config(config, "xception", 2)
     assert "pipeline" not in first and first.model.backbone == "xception_wide"
     assert first.train.epochs == config.train.epochs == 160
     assert first.train.learning_rates == config.train.learning_rates
@@ -460,9 +469,9 @@ def test_member_configs_per_round():
 
 def test_pseudo_label_sources_follow_the_config():
     config = config_lib.load(CONFIG)
-    assert pipeline.pseudo_label_sources(config) == {member: "ensemble" for member in MEMBERS}
+    assert pseudo_labels.pseudo_label_sources(config) == {member: "ensemble" for member in MEMBERS}
     own = config_lib.load(CONFIG + ":own_teacher")
-    assert pipeline.pseudo_label_sources(own) == {member: member for member in MEMBERS}
+    assert pseudo_labels.pseudo_label_sources(own) == {member: member for member in MEMBERS}
 
 
 @pytest.mark.parametrize(
@@ -478,10 +487,10 @@ def test_invalid_pipeline_fields_fail_clearly(field, value, message):
     config = config_lib.load(CONFIG)
     config.pipeline[field] = value
     with pytest.raises(ValueError, match=message):
-        pipeline.validate(config)
+        pipeline_config.validate(config)
 
 
 def test_shipped_variants_validate():
-    cpu = pipeline.validate(config_lib.load(CONFIG + ":cpu"))
+    cpu = pipeline_config.validate(config_lib.load(CONFIG + ":cpu"))
     assert cpu.data.synthetic_preset == "quickstart" and cpu.pipeline.pseudo_label_rounds >= 1
-    assert pipeline.validate(config_lib.load(CONFIG)).data.image_size == constants.IMAGE_SIZE
+    assert pipeline_config.validate(config_lib.load(CONFIG)).data.image_size == constants.IMAGE_SIZE

@@ -15,7 +15,17 @@ import tensorflow_datasets as tfds
 from conftest import serve_in_fresh_process
 
 from deepnoise_tf import config as config_lib
-from deepnoise_tf import constants, embed, ensemble, evaluation, export, factory, inference, predict, synthetic
+from deepnoise_tf import (
+    constants,
+    embed,
+    ensemble,
+    evaluation,
+    export,
+    factory,
+    inference,
+    predict,
+    synthetic,
+)
 from deepnoise_tf import workdir as workdir_lib
 
 IMAGE_SIZE = 16

@@ -8,7 +8,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from deepnoise_tf import config as config_lib
-from deepnoise_tf import constants, export, factory, report, synthetic
+from deepnoise_tf import constants, evaluation, export, factory, report, synthetic
+from deepnoise_tf import workdir as workdir_lib
 
 IMAGE_SIZE = 16
 VAL_EXPERIMENTS = ("HEPG2-01", "HUVEC-01")
@@ -52,7 +53,7 @@ def test_report_from_a_hand_made_metrics_csv(tmp_path):
     assert "cell_type_accuracy" not in written  # no config.json / checkpoint: curves only
 
     final = metrics.drop(index=2).reset_index(drop=True)  # the resumed epoch keeps its last row
-    pd.testing.assert_frame_equal(report.read_metrics(tmp_path / "metrics.csv"), final)
+    pd.testing.assert_frame_equal(workdir_lib.read_metrics(tmp_path / "metrics.csv"), final)
     summary = pd.read_csv(tmp_path / "report" / "metrics_summary.csv").set_index("metric")
     for name in ("val_teacher_accuracy", "val_student_accuracy", "student_accuracy"):
         values = final[name].to_numpy()
@@ -91,7 +92,8 @@ def test_cell_type_accuracy_matches_numpy_and_the_plate_prior_fixes_off_plate_er
 
     groups = np.full(constants.NUM_SIRNAS, -1)
     groups[:40] = np.arange(40) % 4
-    table = report.cell_type_accuracy(wells, logits, method="assign", sirna_groups=groups)
+    predictions = evaluation.well_predictions(wells, logits, method="assign", sirna_groups=groups)
+    table = evaluation.accuracy_report(predictions, "assign")
     treatment = wells["well_type"] == "treatment"
     predicted = logits[:, : constants.NUM_SIRNAS].argmax(1)
     raw = table[table["stage"] == "raw"].set_index("group")

@@ -21,7 +21,7 @@ import pytest
 from conftest import serve_in_fresh_process
 
 from deepnoise_tf import config as config_lib
-from deepnoise_tf import constants, factory, train
+from deepnoise_tf import constants, factory, training
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EPOCHS = 6
@@ -147,10 +147,10 @@ def test_export_loads_without_the_package_and_matches_the_best_checkpoint(run, t
 
 def test_best_score_so_far_reads_the_logged_scores(tmp_path):
     path = tmp_path / "metrics.csv"
-    assert train.best_score_so_far(str(path), "val_teacher_accuracy") is None
+    assert training.best_score_so_far(str(path), "val_teacher_accuracy") is None
     path.write_text("epoch,loss,val_teacher_accuracy\n0,2.0,0.25\n1,1.5,0.5\n2,1.2,nan\n3,1.1,0.375\n")
-    assert train.best_score_so_far(str(path), "val_teacher_accuracy") == 0.5
-    assert train.best_score_so_far(str(path), "val_student_accuracy") is None
+    assert training.best_score_so_far(str(path), "val_teacher_accuracy") == 0.5
+    assert training.best_score_so_far(str(path), "val_student_accuracy") is None
 
 
 def test_build_network_builds_batch_norm_with_the_configured_momentum():
