@@ -405,5 +405,3 @@ def hard_view(images, seed, parameters=ViewParameters()):
     images = normal_view(images, seed, parameters)
     return random_resized_crop(images, _split_seed(seed, 4)[_CROP_SLOT], side=parameters.crop_side)
 
-
-VIEWS = {"easy": easy_view, "normal": normal_view, "hard": hard_view}

@@ -107,49 +107,10 @@ def sirna_groups_from_labels(
     return groups
 
 
-def plate_groups_from_labels(
-    experiments: Sequence[Hashable] | np.ndarray,
-    plates: Sequence[int] | np.ndarray,
-    sirnas: Sequence[int] | np.ndarray,
-    sirna_groups: np.ndarray,
-) -> dict[tuple[Hashable, int], int]:
-    """The group on each labelled plate: ``{(experiment, plate): group}``.
-
-    Only treatment labels with a known group count; plates without any are left out. A plate whose
-    treatment siRNAs come from two groups contradicts the design and raises ``ValueError``.
-    """
-    sirna_groups = np.asarray(sirna_groups)
-    result: dict[tuple[Hashable, int], int] = {}
-    for experiment, plate, sirna in zip(experiments, plates, sirnas, strict=True):
-        sirna = int(sirna)
-        if not 0 <= sirna < len(sirna_groups) or sirna_groups[sirna] < 0:
-            continue
-        key = (_plain(experiment), int(plate))
-        group = int(sirna_groups[sirna])
-        if result.setdefault(key, group) != group:
-            raise ValueError(f"plate {key} holds siRNAs of groups {result[key]} and {group}")
-    return result
-
-
 def cyclic_assignments(num_groups: int, num_plates: int | None = None) -> np.ndarray:
     """The cyclic plate->group assignments: row g1, column p-1 holds ``(g1 + p - 1) mod num_groups``."""
     num_plates = num_groups if num_plates is None else num_plates
     return (np.arange(num_groups)[:, None] + np.arange(num_plates)[None, :]) % num_groups
-
-
-def experiment_rotation(plate_groups: Mapping[int, int], num_groups: int = 4) -> int:
-    """The cyclic rotation g1 of an experiment from the groups of (some of) its plates.
-
-    Args:
-      plate_groups: ``{plate (1-based): group}``.
-
-    Raises:
-      ValueError: when the plates do not follow ``group(p) = (g1 + p - 1) mod num_groups``.
-    """
-    rotations = {(group - plate + 1) % num_groups for plate, group in plate_groups.items()}
-    if len(rotations) != 1:
-        raise ValueError(f"plate groups {dict(plate_groups)} are not a cyclic rotation")
-    return rotations.pop()
 
 
 def plate_group_log_likelihood(log_probs: np.ndarray, sirna_groups: np.ndarray) -> np.ndarray:

@@ -341,7 +341,6 @@ def test_views_shapes_determinism_and_nesting():
     same = np.repeat(images[:1], 8, axis=0)
     views = augment.hard_view(same, SEED).numpy()
     assert len({view.tobytes() for view in views}) == 8
-    assert set(augment.VIEWS) == {"easy", "normal", "hard"}
 
 
 def test_views_compile_with_xla_and_match_eager():

@@ -269,25 +269,6 @@ def test_sirna_groups_from_labels_joins_partial_plates():
     np.testing.assert_array_equal(derived, [0, 1, -1])
 
 
-def test_plate_groups_and_experiment_rotation():
-    rng = np.random.default_rng(12)
-    groups, rotations, table = synthetic_design(rng)
-    plate_groups = postprocess.plate_groups_from_labels(
-        table.experiment, table.plate, table.sirna, groups
-    )
-    assert len(plate_groups) == 12
-    for experiment, g1 in enumerate(rotations):
-        name = f"EXP-{experiment:02d}"
-        for plate in range(1, 5):
-            assert plate_groups[(name, plate)] == (g1 + plate - 1) % 4
-        per_plate = {p: plate_groups[(name, p)] for p in range(1, 5)}
-        assert postprocess.experiment_rotation(per_plate) == g1
-    with pytest.raises(ValueError):
-        postprocess.experiment_rotation({1: 0, 2: 2})
-    with pytest.raises(ValueError):
-        postprocess.plate_groups_from_labels(["A", "A"], [1, 1], [0, 1], np.array([0, 1]))
-
-
 def test_cyclic_assignments_follow_rxrx1_rule():
     table = postprocess.cyclic_assignments(4)
     # The RxRx1 train rotations (1,2,3,0), (3,0,1,2), (2,3,0,1) and the test one (0,1,2,3).
