@@ -1,50 +1,33 @@
 """The training wrapper: a `keras.Model` holding student and teacher, with the DeepNoise `train_step`.
 
 It owns the step and nothing else (networks come from `models`/`layers`, formulas from `losses`,
-`augment` and `schedules`). Which view feeds which loss (SPEC 3, 5):
+`augment` and `schedules`, Keras/TensorFlow workarounds from `keras_compat`). Which view feeds which
+loss (the paper's Fig. 2C; the three views are the authors' code):
 
-- student, *normal* view, with labels -> ArcFace margin logits -> classification loss (labelled rows);
-- student, *easy* view, no margin -> consistency MSE against the teacher, and the pseudo-label loss
-  (unlabelled rows that carry a pseudo label);
+- student, *normal* view, with labels -> ArcFace margin logits -> classification loss (eq. 4,
+  labelled rows);
+- student, *easy* view, no margin -> consistency MSE against the teacher (eq. 5), and the pSoftmax
+  pseudo-label loss (unlabelled rows that carry a pseudo label);
 - teacher, *hard* view, no margin, no gradient -> consistency target.
 
 The teacher's trainable weights are the EMA of the student's (Tarvainen & Valpola 2017), updated once
-per step after the optimizer; its batch-norm moving statistics come from its own forward passes on the
-hard view, as in the authors' code (the EMA does not cover them). Every loss term is reduced by the
-global count of the rows it covers, so the sum of the replicas' gradients is the gradient of the
-global-batch loss whatever the number of replicas.
+per step after the optimizer. Every loss term is reduced by the global count of the rows it covers,
+so the sum of the replicas' gradients is the gradient of the global-batch loss whatever the number
+of replicas.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import keras
 import tensorflow as tf
 
-from deepnoise_tf import augment, constants, losses, schedules
+from deepnoise_tf import augment, constants, keras_compat, losses, schedules
 
-
-def _replica_context():
-    return tf.distribute.get_replica_context()
-
-
-def _global_sum(value):
-    """Sum over all replicas (identity without distribution)."""
-    context = _replica_context()
-    if context is None:
-        return value
-    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
-
-
-def _num_replicas():
-    return tf.distribute.get_strategy().num_replicas_in_sync
-
-
-def _logs(values: dict) -> dict:
-    """Step outputs; shaped [1] under MultiWorkerMirroredStrategy, whose Keras 3.15 reduction of
-    logs takes a mean along axis 0 and fails on scalars."""
-    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
-        return {name: tf.reshape(value, [1]) for name, value in values.items()}
-    return values
+# `views[name](images, seed) -> images` for each name; `augment.VIEWS` are the paper's.
+ViewFunction = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+VIEW_NAMES = ("easy", "normal", "hard")
 
 
 def ema_update(teacher_variables, student_variables, decay):
@@ -64,10 +47,10 @@ def ema_update(teacher_variables, student_variables, decay):
                 group=False,
             )
 
-    tf.__internal__.distribute.interim.maybe_merge_call(update_all, tf.distribute.get_strategy(), pairs, decay)
+    keras_compat.merge_call(update_all, pairs, decay)
 
 
-class MeanTeacher(keras.Model):
+class MeanTeacher(keras_compat.PrebuiltModelMixin, keras.Model):
     """Student/teacher pair trained with margin, consistency and pseudo-label losses.
 
     Args:
@@ -75,13 +58,18 @@ class MeanTeacher(keras.Model):
         teacher: the same structure, or None for the supervised Models 1 and 2 (then only the
             classification loss is used and the student is what gets evaluated and exported).
         steps_per_epoch: converts the step counter to the (fractional) epoch of the schedules.
-        consistency_weight, rampup_epochs: weight 100 * sigmoid ramp-up (SPEC 5).
-        consistency_start_epoch: labelled-only (margin loss) training before this epoch; the
-            consistency ramp-up starts there (SPEC 6; 0: from the first step).
-        ema_decays, ema_epoch_boundaries: the EMA decay schedule (SPEC 6).
-        pseudo_label_weight: pSoftmax weight when a batch carries pseudo labels (SPEC 5).
-        normalization_jitter: mean/std jitter of the training-time normalization (SPEC 2).
-        augment_views: False turns the three views into the plain normalized image (for tests).
+        consistency_weight, rampup_epochs: the weight of the consistency loss (eq. 5), ramped up
+            over the first epochs (paper, Discussion) as 100 * exp(-5 (1 - t/T)^2).
+        consistency_start_epoch: labelled-only (margin loss) training before this epoch, as the
+            paper's Discussion describes; the consistency ramp-up starts there (0: from the first step).
+        ema_decays, ema_epoch_boundaries: the EMA decay schedule of the teacher (authors' code).
+        pseudo_label_weight: weight of the pSoftmax loss when a batch carries pseudo labels (the
+            classification loss then gets 1 - this).
+        normalization_jitter: mean/std jitter of the training-time normalization (eqs. 1-3).
+        views: `{"easy", "normal", "hard"}` -> `fn(images, seed)`, the student's and teacher's
+            input perturbations; default `augment.VIEWS`, the paper's augmentation (Method, Training
+            details). Pass e.g. `functools.partial` of them to change `augment.ViewParameters`, or
+            identities to train on the plain normalized image.
         teacher_statistics: "ema" (default) averages the student's batch-norm statistics into the teacher,
             which then runs in inference mode; "batch" lets the teacher keep its own (Tarvainen & Valpola).
         seed: seeds the in-step augmentation (stateless; folded with the step and the replica).
@@ -92,6 +80,10 @@ class MeanTeacher(keras.Model):
         model = MeanTeacher(student, teacher, steps_per_epoch=100)
         model.compile(optimizer=keras.optimizers.AdamW(3e-4, weight_decay=2e-4))
         model.fit(training_dataset(config), steps_per_epoch=100, epochs=160)
+
+    Reference:
+        Yang et al. 2023, "DeepNoise" (Genomics Proteomics Bioinformatics), Method and Fig. 2C;
+        Tarvainen & Valpola 2017, "Mean teachers are better role models".
     """
 
     def __init__(
@@ -107,7 +99,7 @@ class MeanTeacher(keras.Model):
         ema_epoch_boundaries=(1, 10, 20),
         pseudo_label_weight: float = 0.05,
         normalization_jitter: float = 0.1,
-        augment_views: bool = True,
+        views: Mapping[str, ViewFunction] = augment.VIEWS,
         teacher_statistics: str = "ema",
         seed: int = 0,
         margin_warmup_epochs: float = 0.0,
@@ -130,9 +122,13 @@ class MeanTeacher(keras.Model):
         self.ema_epoch_boundaries = tuple(ema_epoch_boundaries)
         self.pseudo_label_weight = float(pseudo_label_weight)
         self.normalization_jitter = float(normalization_jitter)
-        self.augment_views = bool(augment_views)
+        if set(views) != set(VIEW_NAMES):
+            raise ValueError(f"views must name exactly {list(VIEW_NAMES)}, got {sorted(views)}")
+        self.views = {name: views[name] for name in VIEW_NAMES}
         if teacher_statistics not in constants.TEACHER_STATISTICS:
-            raise ValueError(f"teacher_statistics={teacher_statistics!r} is not one of {list(constants.TEACHER_STATISTICS)}")
+            raise ValueError(
+                f"teacher_statistics={teacher_statistics!r} is not one of {list(constants.TEACHER_STATISTICS)}"
+            )
         self.teacher_statistics = teacher_statistics
         self.seed = int(seed)
         self.margin_warmup_epochs = float(margin_warmup_epochs)
@@ -141,11 +137,17 @@ class MeanTeacher(keras.Model):
         if self.margin_warmup_epochs > 0 and not hasattr(self.student_head, "margin"):
             raise ValueError("margin_warmup_epochs needs a margin head (ArcFace)")
 
-        names = ["loss", "classification_loss", "consistency_loss", "pseudo_label_loss", "consistency_weight"]
+        names = [
+            "loss",
+            "classification_loss",
+            "consistency_loss",
+            "pseudo_label_loss",
+            "consistency_weight",
+        ]
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in names}
         self.student_accuracy = keras.metrics.SparseCategoricalAccuracy(name="student_accuracy")
         self.teacher_accuracy = keras.metrics.SparseCategoricalAccuracy(name="teacher_accuracy")
-        self.built = True  # the sub-networks arrive built
+        self.built = True  # the sub-networks arrive built (see keras_compat.PrebuiltModelMixin)
 
     # -- networks -----------------------------------------------------------------------------
     @property
@@ -174,7 +176,9 @@ class MeanTeacher(keras.Model):
         for teacher, student in zip(self.teacher_variables, self.student_variables, strict=True):
             teacher.assign(student)
         student_stats = [w for w in self.student_backbone.non_trainable_weights]
-        for teacher, student in zip(self.teacher_backbone.non_trainable_weights, student_stats, strict=True):
+        for teacher, student in zip(
+            self.teacher_backbone.non_trainable_weights, student_stats, strict=True
+        ):
             teacher.assign(student)
 
     def compile(self, optimizer, **kwargs):
@@ -183,115 +187,219 @@ class MeanTeacher(keras.Model):
         # build it on every trainable variable (the teacher's included).
         self.optimizer.build(self.student_variables)
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras 3.15 traces a first batch reduced across replicas before training; under
-        # MultiWorkerMirroredStrategy that reduction fails for dict batches. Nothing needs it:
-        # the networks are built at construction and the optimizer in compile().
-        del iterator, data_batch
-
     @property
     def metrics(self):
         return [*self.loss_trackers.values(), self.student_accuracy, self.teacher_accuracy]
 
     # -- the step -----------------------------------------------------------------------------
-    def _step_seeds(self, count):
-        step = tf.cast(self.optimizer.iterations, tf.int64)
-        seed = tf.stack([tf.constant(self.seed, tf.int64), step])
-        replica = _replica_context().replica_id_in_sync_group if _replica_context() else 0
-        seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(replica, tf.int64))
-        return tf.unstack(tf.random.experimental.stateless_split(seed, count))
+    def train_step(self, data):
+        """One step of the paper's Algorithm 1 on a batch mixing labelled and unlabelled rows.
+
+        Labelled and unlabelled rows go through the same step: the classification loss covers the
+        labelled ones, the consistency loss all of them, the pSoftmax loss those with a pseudo label.
+        """
+        data, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        targets = self._targets(data)
+        epoch = self._epoch()
+        views = self._make_views(data)
+        teacher_logits = self._teacher_targets(views["hard"]) if self.has_teacher else None
+        with tf.GradientTape() as tape:
+            terms, embedding = self._student_losses(views, targets, teacher_logits, epoch)
+            scaled_loss = self.optimizer.scale_loss(terms["loss"])
+        self._update_student(tape.gradient(scaled_loss, self.student_variables))
+        if self.has_teacher:
+            self._update_teacher(epoch)
+        return self._update_metrics(terms, targets, embedding)
 
     def _epoch(self):
+        """The (fractional, 0-based) epoch of this step: what every schedule is a function of."""
         return tf.cast(self.optimizer.iterations, tf.float32) / float(self.steps_per_epoch)
 
-    def train_step(self, data):
-        data, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+    def _step_seeds(self, count):
+        """`count` stateless seeds for this step, different per step and per replica."""
+        step = tf.cast(self.optimizer.iterations, tf.int64)
+        seed = tf.stack([tf.constant(self.seed, tf.int64), step])
+        seed = tf.random.experimental.stateless_fold_in(
+            seed, tf.cast(keras_compat.replica_id(), tf.int64)
+        )
+        return tf.unstack(tf.random.experimental.stateless_split(seed, count))
+
+    def _targets(self, data):
+        """Labels (-1: unlabelled), pseudo labels (-1: none) and the global counts the losses divide by.
+
+        The counts are summed over replicas, so that each loss is the mean over the global batch
+        (eq. 4's 1/N, eq. 5's expectation) whatever the number of replicas.
+        """
         labels = tf.cast(data["label"], tf.int32)
         pseudo_labels = tf.cast(data.get("pseudo_label", tf.fill(tf.shape(labels), -1)), tf.int32)
-        seed_norm, seed_normal, seed_easy, seed_hard = self._step_seeds(4)
-        images = augment.normalize(
-            data["image"], data["mean"], data["std"], jitter=self.normalization_jitter, seed=seed_norm
-        )
-        batch = tf.shape(labels)[0]
         labelled = losses.labelled_mask(labels)
-        n_labelled = tf.maximum(_global_sum(tf.reduce_sum(labelled)), 1.0)
         has_pseudo = tf.cast(pseudo_labels >= 0, tf.float32)
-        n_pseudo = _global_sum(tf.reduce_sum(has_pseudo))
-        n_rows = _global_sum(tf.cast(batch, tf.float32))
-        epoch = self._epoch()
+        return {
+            "labels": labels,
+            "pseudo_labels": pseudo_labels,
+            "labelled": labelled,
+            "labelled_rows": tf.maximum(keras_compat.global_sum(tf.reduce_sum(labelled)), 1.0),
+            "pseudo_rows": keras_compat.global_sum(tf.reduce_sum(has_pseudo)),
+            "rows": keras_compat.global_sum(tf.cast(tf.shape(labels)[0], tf.float32)),
+        }
 
-        if self.has_teacher:
-            # Outside the tape, so that none of the teacher's activations are kept for the backward pass.
-            # "ema": the teacher's batch-norm statistics are the EMA of the student's, so it runs in
-            # inference mode, exactly as it is evaluated; "batch": it normalises with the hard view's
-            # batch statistics and keeps its own moving averages (Tarvainen & Valpola).
-            hard = augment.hard_view(images, seed_hard) if self.augment_views else images
-            teacher_training = self.teacher_statistics == "batch"
-            teacher_logits = self.teacher_head(
-                self.teacher_backbone(hard, training=teacher_training), training=teacher_training
+    def _make_views(self, data):
+        """Normalized images (eqs. 1-3, with the training-time mean/std jitter), then their views.
+
+        The paper perturbs the student and the teacher differently (Discussion; augmentation in
+        Method, Training details): the teacher sees the hard view, the student the normal view for
+        the margin loss and the easy view for the consistency and pSoftmax losses. Each view has its
+        own seed; a supervised model needs only the normal view.
+        """
+        seeds = dict(
+            zip(("normalization", "normal", "easy", "hard"), self._step_seeds(4), strict=True)
+        )
+        images = augment.normalize(
+            data["image"],
+            data["mean"],
+            data["std"],
+            jitter=self.normalization_jitter,
+            seed=seeds["normalization"],
+        )
+        names = ("normal", "easy", "hard") if self.has_teacher else ("normal",)
+        return {name: self.views[name](images, seeds[name]) for name in names}
+
+    def _teacher_targets(self, hard_view):
+        """The teacher's no-margin logits on the hard view: the consistency target f(x, θ') of eq. 5.
+
+        Computed outside the tape, so that none of the teacher's activations are kept for the
+        backward pass, and without gradient. "ema": the teacher's batch-norm statistics are the EMA
+        of the student's, so it runs in inference mode, exactly as it is evaluated; "batch": it
+        normalises with the hard view's batch statistics and keeps its own moving averages
+        (Tarvainen & Valpola 2017).
+        """
+        training = self.teacher_statistics == "batch"
+        logits = self.teacher_head(
+            self.teacher_backbone(hard_view, training=training), training=training
+        )
+        return tf.stop_gradient(logits)
+
+    def _classification_loss(self, embedding, targets, epoch):
+        """ArcFace margin cross-entropy (eq. 4) of the labelled rows, over the global labelled count.
+
+        With `margin_warmup_epochs` > 0 the margin m grows linearly from 0 (not in the paper).
+        """
+        labels = targets["labels"]
+        if self.margin_warmup_epochs > 0:
+            margin = self.student_head.margin * schedules.linear_rampup(
+                epoch, self.margin_warmup_epochs
             )
-            teacher_logits = tf.stop_gradient(teacher_logits)
+            margin_logits = self.student_head(embedding, labels, margin=margin, training=True)
+        else:
+            margin_logits = self.student_head(embedding, labels, training=True)
+        return (
+            tf.reduce_sum(losses.classification_loss(labels, margin_logits))
+            / targets["labelled_rows"]
+        )
 
-        with tf.GradientTape() as tape:
-            normal = augment.normal_view(images, seed_normal) if self.augment_views else images
-            embedding = self.student_backbone(normal, training=True)
-            if self.margin_warmup_epochs > 0:
-                margin = self.student_head.margin * schedules.linear_rampup(epoch, self.margin_warmup_epochs)
-                margin_logits = self.student_head(embedding, labels, margin=margin, training=True)
-            else:
-                margin_logits = self.student_head(embedding, labels, training=True)
-            classification = tf.reduce_sum(losses.classification_loss(labels, margin_logits)) / n_labelled
-            consistency = tf.constant(0.0)
-            pseudo = tf.constant(0.0)
-            weight = tf.constant(0.0)
-            total = classification
-            if self.has_teacher:
-                easy = augment.easy_view(images, seed_easy) if self.augment_views else images
-                student_logits = self.student_head(self.student_backbone(easy, training=True), training=True)
-                consistency = tf.reduce_sum(losses.consistency_loss(student_logits, teacher_logits)) / n_rows
-                weight = schedules.consistency_weight(
-                    epoch, self.consistency_weight, self.rampup_epochs, self.consistency_start_epoch
-                )
-                pseudo = tf.reduce_sum(losses.pseudo_label_loss(pseudo_labels, student_logits)) / tf.maximum(
-                    n_pseudo, 1.0
-                )
-                pseudo_weight = tf.where(n_pseudo > 0, self.pseudo_label_weight, 0.0)
-                total = (1.0 - pseudo_weight) * classification + pseudo_weight * pseudo + weight * consistency
-            scaled = self.optimizer.scale_loss(total)
+    def _student_losses(self, views, targets, teacher_logits, epoch):
+        """Every loss term of the step by name, and the student's embedding of the normal view.
 
-        gradients = tape.gradient(scaled, self.student_variables)
-        self.optimizer.apply(gradients, self.student_variables)
-        if self.has_teacher:
-            # optimizer.iterations has advanced: the first update sees step 1 (decay 0.5, not 0),
-            # as in Tarvainen & Valpola's code; `epoch` is the 0-based epoch of this step.
-            decay = schedules.ema_decay(
-                self.optimizer.iterations,
-                tf.floor(epoch),
-                last_epochs=self.ema_epoch_boundaries,
-                decays=self.ema_decays[:-1],
-                final_decay=self.ema_decays[-1],
-            )
-            ema_update(self.teacher_variables, self.student_variables, tf.cast(decay, tf.float32))
-            if self.teacher_statistics == "ema":
-                ema_update(
-                    self.teacher_backbone.non_trainable_weights,
-                    self.student_backbone.non_trainable_weights,
-                    tf.cast(decay, tf.float32),
-                )
+        `loss` = (1 - w_p) * classification + w_p * pseudo_label + w_c(epoch) * consistency, with
+        classification the ArcFace loss (eq. 4) on the normal view; consistency the MSE between the
+        student's and the teacher's softmax (eq. 5) on the easy view, every row; pseudo_label the
+        pSoftmax cross-entropy (Method, Pseudo label softmax loss) on the easy view's rows that
+        carry a pseudo label, w_p = `pseudo_label_weight` when there are any, else 0. Without a
+        teacher, `loss` is the classification loss alone (Models 1 and 2) and the others are 0.
+        """
+        embedding = self.student_backbone(views["normal"], training=True)
+        classification = self._classification_loss(embedding, targets, epoch)
+        if not self.has_teacher:
+            zero = tf.constant(0.0)
+            terms = {
+                "consistency_loss": zero,
+                "pseudo_label_loss": zero,
+                "consistency_weight": zero,
+            }
+            return {
+                "loss": classification,
+                "classification_loss": classification,
+                **terms,
+            }, embedding
 
-        replicas = float(_num_replicas())  # trackers average replicas; each holds 1/replicas of a term
-        values = {
-            "loss": total,
-            "classification_loss": classification,
+        easy_logits = self.student_head(
+            self.student_backbone(views["easy"], training=True), training=True
+        )
+        consistency = (
+            tf.reduce_sum(losses.consistency_loss(easy_logits, teacher_logits)) / targets["rows"]
+        )
+        weight = schedules.consistency_weight(
+            epoch, self.consistency_weight, self.rampup_epochs, self.consistency_start_epoch
+        )
+        pseudo_rows = targets["pseudo_rows"]
+        pseudo = tf.reduce_sum(
+            losses.pseudo_label_loss(targets["pseudo_labels"], easy_logits)
+        ) / tf.maximum(pseudo_rows, 1.0)
+        pseudo_weight = tf.where(pseudo_rows > 0, self.pseudo_label_weight, 0.0)
+        total = (
+            (1.0 - pseudo_weight) * classification + pseudo_weight * pseudo + weight * consistency
+        )
+        terms = {
             "consistency_loss": consistency,
             "pseudo_label_loss": pseudo,
-            "consistency_weight": weight / replicas,
+            "consistency_weight": weight,
         }
-        for name, value in values.items():
+        return {"loss": total, "classification_loss": classification, **terms}, embedding
+
+    def _update_student(self, gradients):
+        """One optimizer step on the student only (the teacher is never optimised, Fig. 2C).
+
+        Under a strategy Keras sums the replicas' gradients; the losses' global counts make that sum
+        the gradient of the global-batch loss.
+        """
+        self.optimizer.apply(gradients, self.student_variables)
+
+    def _update_teacher(self, epoch):
+        """θ' <- d θ' + (1 - d) θ: the teacher as the EMA of the student (Tarvainen & Valpola 2017).
+
+        d = min(1 - 1/(step + 1), d(epoch)) with d(epoch) from `ema_decays` at `ema_epoch_boundaries`
+        (authors' code). `optimizer.iterations` has advanced: the first update sees step 1 (decay
+        0.5, not 0), as in Tarvainen & Valpola's code; `epoch` is the 0-based epoch of this step.
+        With teacher_statistics="ema" the batch-norm moving statistics are averaged the same way.
+        """
+        decay = schedules.ema_decay(
+            self.optimizer.iterations,
+            tf.floor(epoch),
+            last_epochs=self.ema_epoch_boundaries,
+            decays=self.ema_decays[:-1],
+            final_decay=self.ema_decays[-1],
+        )
+        ema_update(self.teacher_variables, self.student_variables, tf.cast(decay, tf.float32))
+        if self.teacher_statistics == "ema":
+            ema_update(
+                self.teacher_backbone.non_trainable_weights,
+                self.student_backbone.non_trainable_weights,
+                tf.cast(decay, tf.float32),
+            )
+
+    def _update_metrics(self, terms, targets, embedding):
+        """Feeds the loss terms and the student's no-margin accuracy to the trackers; returns the logs.
+
+        Keras averages the replicas' logs, while each replica's loss term holds its share of the
+        global-batch loss: each is scaled by the number of replicas so that the mean is the sum.
+        The consistency weight is the same on every replica and is logged as it is.
+        """
+        replicas = float(keras_compat.num_replicas())
+        shares = {**terms, "consistency_weight": terms["consistency_weight"] / replicas}
+        for name, value in shares.items():
             self.loss_trackers[name].update_state(value * replicas)
         no_margin = self.student_head(embedding, training=False)
-        self.student_accuracy.update_state(tf.maximum(labels, 0), no_margin, sample_weight=labelled)
-        return _logs({metric.name: metric.result() for metric in self.metrics if metric is not self.teacher_accuracy})
+        labels = targets["labels"]
+        self.student_accuracy.update_state(
+            tf.maximum(labels, 0), no_margin, sample_weight=targets["labelled"]
+        )
+        return keras_compat.step_logs(
+            {
+                metric.name: metric.result()
+                for metric in self.metrics
+                if metric is not self.teacher_accuracy
+            }
+        )
 
     def test_step(self, data):
         data, _, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -299,11 +407,18 @@ class MeanTeacher(keras.Model):
         labelled = losses.labelled_mask(labels)
         images = augment.normalize(data["image"], data["mean"], data["std"])
         student_logits = self.student_head(self.student_backbone(images, training=False))
-        self.student_accuracy.update_state(tf.maximum(labels, 0), student_logits, sample_weight=labelled)
+        self.student_accuracy.update_state(
+            tf.maximum(labels, 0), student_logits, sample_weight=labelled
+        )
         if self.has_teacher:
             teacher_logits = self.teacher_head(self.teacher_backbone(images, training=False))
-            self.teacher_accuracy.update_state(tf.maximum(labels, 0), teacher_logits, sample_weight=labelled)
-            return _logs(
-                {"student_accuracy": self.student_accuracy.result(), "teacher_accuracy": self.teacher_accuracy.result()}
+            self.teacher_accuracy.update_state(
+                tf.maximum(labels, 0), teacher_logits, sample_weight=labelled
             )
-        return _logs({"student_accuracy": self.student_accuracy.result()})
+            return keras_compat.step_logs(
+                {
+                    "student_accuracy": self.student_accuracy.result(),
+                    "teacher_accuracy": self.teacher_accuracy.result(),
+                }
+            )
+        return keras_compat.step_logs({"student_accuracy": self.student_accuracy.result()})

@@ -1,4 +1,4 @@
-"""The training step against a float64 numpy computation of the spec's losses, and the EMA update."""
+"""The training step against a float64 numpy computation of the paper's losses, and the EMA update."""
 
 import math
 
@@ -6,10 +6,13 @@ import keras
 import numpy as np
 import pytest
 
-from deepnoise_tf import layers
-from deepnoise_tf.mean_teacher import MeanTeacher
+from deepnoise_tf import augment, layers
+from deepnoise_tf.mean_teacher import VIEW_NAMES, MeanTeacher
 
 SCALE, MARGIN, CLASSES, EMBEDDING, SIZE, CHANNELS = 30.0, 0.1, 5, 8, 4, 6
+
+# Every view is the normalized image itself, so that the numpy references need no augmentation.
+PLAIN_VIEWS = {name: (lambda images, seed: images) for name in VIEW_NAMES}
 
 
 def tiny_network(seed):
@@ -65,7 +68,7 @@ def build(teacher=True, steps_per_epoch=10, learning_rate=0.05, **kwargs):
         rampup_epochs=5.0,
         pseudo_label_weight=0.05,
         normalization_jitter=0.0,
-        augment_views=False,
+        views=PLAIN_VIEWS,
         **kwargs,
     )
     model.compile(optimizer=keras.optimizers.SGD(learning_rate))
@@ -73,7 +76,7 @@ def build(teacher=True, steps_per_epoch=10, learning_rate=0.05, **kwargs):
 
 
 def expected_losses(batch, student, teacher, epoch=0.0, margin=MARGIN, consistency_start=0.0):
-    """Float64 numpy of SPEC 5: ArcFace margin CE, consistency MSE and pSoftmax."""
+    """Float64 numpy of the paper's losses: ArcFace margin CE (eq. 4), consistency MSE (eq. 5), pSoftmax."""
     x = (batch["image"].astype(np.float64) - batch["mean"][:, None, None, :]) / batch["std"][:, None, None, :]
     x = x.reshape(len(x), -1)
     labels, pseudo = batch["label"], batch["pseudo_label"]
@@ -167,6 +170,12 @@ def test_consistency_start_must_not_be_negative():
         MeanTeacher(tiny_network(1), tiny_network(2), steps_per_epoch=10, consistency_start_epoch=-1.0)
 
 
+def test_views_default_to_the_papers_and_must_name_all_three():
+    assert MeanTeacher(tiny_network(1), steps_per_epoch=10).views == augment.VIEWS
+    with pytest.raises(ValueError, match="views must name exactly"):
+        MeanTeacher(tiny_network(1), steps_per_epoch=10, views={"normal": PLAIN_VIEWS["normal"]})
+
+
 def test_margin_warmup_needs_a_margin_head_and_a_non_negative_length():
     student = tiny_network(1)
     with pytest.raises(ValueError, match="margin_warmup_epochs"):
@@ -182,7 +191,7 @@ def test_teacher_is_the_ema_of_the_student_and_never_optimised():
     optimised = {id(v) for v in model.optimizer.variables} | {id(v) for v in model.optimizer._trainable_variables}
     assert not any(id(v) in optimised for v in model.teacher_variables)
     teacher = [v.numpy().copy() for v in model.teacher_variables]
-    # Step 1: decay = min(1 - 1/(1+1), 0.5) = 0.5 (SPEC 6, epoch 1).
+    # Step 1: decay = min(1 - 1/(1+1), 0.5) = 0.5 (epoch 1 of the EMA decay schedule).
     model.train_on_batch(make_batch(rng), return_dict=True)
     student = [v.numpy() for v in model.student_variables]
     for new, old, s in zip(model.teacher_variables, teacher, student, strict=True):
@@ -246,7 +255,7 @@ def test_teacher_batch_norm_statistics(statistics):
     """"ema": teacher statistics = EMA of the student's (teacher in inference mode); "batch": its own."""
     student, teacher = bn_network(1), bn_network(2)
     model = MeanTeacher(
-        student, teacher, steps_per_epoch=10, normalization_jitter=0.0, augment_views=False,
+        student, teacher, steps_per_epoch=10, normalization_jitter=0.0, views=PLAIN_VIEWS,
         teacher_statistics=statistics,
     )
     model.compile(optimizer=keras.optimizers.SGD(0.01))

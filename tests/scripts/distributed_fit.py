@@ -24,7 +24,7 @@ def main():
     import tensorflow as tf
 
     from deepnoise_tf import data, layers
-    from deepnoise_tf.mean_teacher import MeanTeacher
+    from deepnoise_tf.mean_teacher import VIEW_NAMES, MeanTeacher
 
     if args.devices > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
@@ -79,9 +79,15 @@ def main():
         head.build((None, 8))
         return {"backbone": backbone, "head": head}
 
+    plain_views = {name: (lambda images, seed: images) for name in VIEW_NAMES}
     with strategy.scope():
         model = MeanTeacher(
-            network(1), network(2), steps_per_epoch=2, normalization_jitter=0.0, augment_views=False, rampup_epochs=1.0
+            network(1),
+            network(2),
+            steps_per_epoch=2,
+            normalization_jitter=0.0,
+            views=plain_views,  # unaugmented: 1 and 4 replicas see the same inputs, so their trajectories agree
+            rampup_epochs=1.0,
         )
         model.copy_student_to_teacher()
         model.compile(optimizer=keras.optimizers.AdamW(1e-2, weight_decay=2e-4))
