@@ -405,3 +405,7 @@ def hard_view(images, seed, parameters=ViewParameters()):
     images = normal_view(images, seed, parameters)
     return random_resized_crop(images, _split_seed(seed, 4)[_CROP_SLOT], side=parameters.crop_side)
 
+
+
+# The three training views by name (paper, Method, "Training details"): `MeanTeacher`'s default.
+VIEWS = {"easy": easy_view, "normal": normal_view, "hard": hard_view}
