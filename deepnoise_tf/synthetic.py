@@ -45,6 +45,7 @@ from deepnoise_tf.synthetic_design import (
     well_names,
 )
 from deepnoise_tf.synthetic_images import generate_images
+from tfds_rxrx1.rxrx1 import source
 
 # The design and the images live in their own modules; these names stay importable from here.
 __all__ = [
@@ -82,17 +83,7 @@ def _write_metadata(root: pathlib.Path, sites: pd.DataFrame, layout: str) -> Non
     if layout == "release":
         metadata = sites.rename(columns={"id_code": "well_id", "sirna": "sirna_id"})
         metadata["sirna"] = sites["sirna_name"]
-        columns = [
-            "site_id",
-            "well_id",
-            "cell_type",
-            "dataset",
-            "experiment",
-            "plate",
-            "well",
-            "site",
-        ]
-        metadata[columns + ["well_type", "sirna", "sirna_id"]].to_csv(
+        metadata[list(source.RELEASE_COLUMNS)].to_csv(
             root / "metadata.csv", index=False
         )
         return
