@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny synthetic RxRx1 sources in both layouts and helpers to build and read them."""
+"""Shared fixtures: tiny synthetic RxRx1 sources in both layouts, the tiny data set built once per
+session, the tiny config, run folders around untrained models, and helpers to read and serve them."""
 
 import os
 import pathlib
@@ -10,7 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deepnoise_tf import config as config_lib
 from deepnoise_tf import constants, synthetic
+
+TINY_IMAGE_SIZE = 16
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +30,66 @@ def kaggle_source(tmp_path_factory):
     root = tmp_path_factory.mktemp("kaggle_source")
     truth = synthetic.write_dataset(root, layout="kaggle", preset="tiny", seed=1, pixel_stats=True)
     return root, truth
+
+
+def _manifest(root: pathlib.Path) -> dict[str, tuple[int, int]]:
+    """{relative path: (size, mtime)} of every file under `root`."""
+    return {
+        str(path.relative_to(root)): (path.stat().st_size, path.stat().st_mtime_ns)
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """(data_dir, builder name) of the tiny preset built as TFDS records, release layout (test labels
+    known), seed 0. Built once and shared by every file that reads it: no test may change it, which the
+    teardown checks (a file added, removed or rewritten fails the session)."""
+    data_dir = tmp_path_factory.mktemp("tiny_data")
+    builder = synthetic.prepare_tfds(data_dir, preset="tiny", layout="release")
+    before = _manifest(data_dir)
+    yield str(data_dir), builder
+    assert _manifest(data_dir) == before, f"a test changed the shared tiny data set in {data_dir}"
+
+
+def tiny_config(data_dir, builder, **fields):
+    """The CPU-scale default config on the tiny data set (16-pixel images, no synthetic preset to
+    generate), validated; `fields` are dotted overrides set after, e.g.
+    `tiny_config(data_dir, builder, **{"model.width": 0.125, "train.seed": 1})`. An unknown field fails."""
+    config = config_lib.cpu_scale(config_lib.default_config())
+    config.data.data_dir = str(data_dir)
+    config.data.builder = builder
+    config.data.synthetic_preset = ""
+    config.data.image_size = TINY_IMAGE_SIZE
+    overrides = {field: repr(value) for field, value in fields.items()}
+    config = config_lib.apply_overrides(config, overrides)
+    return config_lib.validate(config)
+
+
+@pytest.fixture(scope="session")
+def make_run_folder(tmp_path_factory):
+    """Makes a training folder as `training.run` leaves it (config.json, checkpoints/best.weights.h5,
+    export/) around an untrained model of a config; returns {"workdir", "export", "network"}, the
+    network being the in-process (backbone, head) that the export serves."""
+
+    from deepnoise_tf import export, factory
+
+    def make(config, name: str = "run") -> dict:
+        workdir = tmp_path_factory.mktemp(name)
+        model = factory.build_model(config_lib.validate(config), steps_per_epoch=1)
+        (workdir / "checkpoints").mkdir()
+        model.save_weights(str(workdir / "checkpoints" / "best.weights.h5"))
+        (workdir / "config.json").write_text(config_lib.to_json(config))
+        path = export.export_saved_model(
+            [model.inference_network()],
+            str(workdir / "export"),
+            image_size=config.data.image_size,
+            normalization=config.data.normalization,
+        )
+        return {"workdir": workdir, "export": path, "network": model.inference_network()}
+
+    return make
 
 
 def channel_paths(root: pathlib.Path, layout: str, row) -> list[pathlib.Path]:

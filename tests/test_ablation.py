@@ -318,6 +318,7 @@ def test_rerun_skips_finished_steps_and_redoes_only_what_is_missing(stand_in_run
 # A real run through the command line
 
 
+@pytest.mark.slow
 def test_command_line_trains_a_real_step_and_resumes_without_retraining(
     tiny_data, tmp_path, monkeypatch, capsys
 ):

@@ -18,15 +18,6 @@ import projection  # noqa: E402
 import train  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """(data_dir, builder name) of the tiny synthetic RxRx1 (16 px) as TFDS records."""
-    from deepnoise_tf import synthetic
-
-    data_dir = tmp_path_factory.mktemp("benchmark_data")
-    return str(data_dir), synthetic.prepare_tfds(data_dir, preset="tiny")
-
-
 def test_report_appends_a_titled_section_with_a_table(tmp_path):
     output = tmp_path / "BENCHMARKS.md"
     body = _report.table(("a", "b"), [(1, "x"), (2, "y")])

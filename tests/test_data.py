@@ -6,23 +6,24 @@ import collections
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny_config as shared_tiny_config
 
-from deepnoise_tf import config as config_lib
-from deepnoise_tf import constants, data, synthetic
+from deepnoise_tf import constants, data
 
 
 @pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("tfds")
-    name = synthetic.prepare_tfds(data_dir, preset="tiny", builder_config="native", layout="release")
-    config = config_lib.cpu_scale(config_lib.default_config())
-    config.data.data_dir = str(data_dir)
-    config.data.builder = name
-    config.data.image_size = 16
-    config.data.val_experiments = ("HEPG2-01",)
-    config.data.shuffle_buffer = 64
-    config.train.batch_size = 8
-    return config
+def tiny_config(tiny_data):
+    """The shared tiny config (validation on HEPG2-01); the module's tests may change its fields, never
+    the data set."""
+    return shared_tiny_config(
+        *tiny_data,
+        **{
+            "data.synthetic_preset": "quickstart",  # cpu_scale's; the data functions do not read it
+            "data.val_experiments": ("HEPG2-01",),
+            "data.shuffle_buffer": 64,
+            "train.batch_size": 8,
+        },
+    )
 
 
 def examples(config, split):

@@ -12,6 +12,9 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # every test starts fresh training processes
 
 SCRIPT = pathlib.Path(__file__).resolve().parent / "scripts" / "distributed_fit.py"
 

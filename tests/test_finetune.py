@@ -17,41 +17,37 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from conftest import TINY_IMAGE_SIZE
+from conftest import tiny_config as shared_tiny_config
 
 from deepnoise_tf import config as config_lib
-from deepnoise_tf import constants, data, factory, finetuning, synthetic, training
+from deepnoise_tf import constants, data, factory, finetuning, training
 from deepnoise_tf.mean_teacher import MeanTeacher
 
 STEPS_PER_EPOCH = 4
-IMAGE_SIZE = 16
+IMAGE_SIZE = TINY_IMAGE_SIZE
 
 
 def tiny_config(data_dir, builder):
-    config = config_lib.cpu_scale(config_lib.default_config())
-    config.data.data_dir = str(data_dir)
-    config.data.builder = builder
-    config.data.synthetic_preset = ""
-    config.data.image_size = IMAGE_SIZE
-    config.data.val_experiments = ()  # the tiny preset has one train experiment per cell type
-    config.data.shuffle_buffer = 64
-    config.model.width = 0.0625
-    config.train.batch_size = 8
-    config.train.steps_per_epoch = STEPS_PER_EPOCH
-    config.train.epochs = 1
     # HUVEC (r = 0.25): cycles of 2 * 0.25 = 0.5 epochs = 2 steps; 2 cycles, then 1 epoch at 1e-3.
-    config.finetune.learning_rate = 0.05
-    config.finetune.min_learning_rate = 0.01
-    config.finetune.cycles = 2
-    config.finetune.cycle_epochs = 2.0
-    config.finetune.final_epochs = 1
-    config.finetune.final_learning_rate = 1e-3
-    return config_lib.validate(config)
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("finetune_data")
-    return str(data_dir), synthetic.prepare_tfds(data_dir, preset="tiny", layout="release")
+    return shared_tiny_config(
+        data_dir,
+        builder,
+        **{
+            "data.val_experiments": (),  # the tiny preset has one train experiment per cell type
+            "data.shuffle_buffer": 64,
+            "model.width": 0.0625,
+            "train.batch_size": 8,
+            "train.steps_per_epoch": STEPS_PER_EPOCH,
+            "train.epochs": 1,
+            "finetune.learning_rate": 0.05,
+            "finetune.min_learning_rate": 0.01,
+            "finetune.cycles": 2,
+            "finetune.cycle_epochs": 2.0,
+            "finetune.final_epochs": 1,
+            "finetune.final_learning_rate": 1e-3,
+        },
+    )
 
 
 def perturbed(weights, rng):

@@ -184,6 +184,7 @@ def stored(workdir, round_name, split):
 # The shared run
 
 
+@pytest.mark.slow
 def test_stages_run_in_order_and_write_their_files(run, capsys):
     config, workdir, outcome = run
     stages = []
@@ -229,6 +230,7 @@ def test_stages_run_in_order_and_write_their_files(run, capsys):
     assert outcome["export"] == os.path.join(workdir, "export")
 
 
+@pytest.mark.slow
 def test_results_are_the_accuracies_of_the_stored_predictions(run, truth):
     _, workdir, outcome = run
     results = pd.read_csv(os.path.join(workdir, "results.csv"), dtype={"round": str})
@@ -278,6 +280,7 @@ def test_results_are_the_accuracies_of_the_stored_predictions(run, truth):
     assert outcome["selected_round"] == scores.index(max(scores))  # the first best, in order
 
 
+@pytest.mark.slow
 def test_pseudo_labels_are_the_post_processed_ensemble_of_the_source_round(run, truth):
     _, workdir, _ = run
     test_treatment = truth[(truth["dataset"] == "test") & (truth["well_type"] == "treatment")]
@@ -311,6 +314,7 @@ def test_pseudo_labels_are_the_post_processed_ensemble_of_the_source_round(run, 
             assert labels.set_index("id_code")["pseudo_label"].to_dict() == expected
 
 
+@pytest.mark.slow
 def test_pseudo_labels_do_not_depend_on_test_labels(run, tmp_path):
     """The same pixels without test treatment labels (the Kaggle layout) give the same pseudo labels."""
     config, workdir, _ = run
@@ -340,6 +344,7 @@ def test_pseudo_labels_do_not_depend_on_test_labels(run, tmp_path):
     assert dict(zip(wells["id_code"], labels, strict=True)) == released["pseudo_label"].to_dict()
 
 
+@pytest.mark.slow
 def test_own_teacher_pseudo_labels_come_from_each_models_own_logits(run, truth, tmp_path):
     """The public code's variant: each member's labels are the plate prior on its own teacher."""
     config, workdir, _ = run
@@ -360,6 +365,7 @@ def test_own_teacher_pseudo_labels_come_from_each_models_own_logits(run, truth, 
         assert labels == dict(zip(ids, expected, strict=True))
 
 
+@pytest.mark.slow
 def test_final_export_serves_the_selected_rounds_ensemble(run, data):
     """`predict` with DIR/export (another reading of the data) reproduces the stored ensemble logits."""
     _, workdir, outcome = run
@@ -379,6 +385,7 @@ def test_final_export_serves_the_selected_rounds_ensemble(run, data):
     assert inference.load_export(os.path.join(workdir, "export")).num_models == len(MEMBERS)
 
 
+@pytest.mark.slow
 def test_rerun_skips_every_finished_stage(run, monkeypatch, capsys):
     config, workdir, outcome = run
 
@@ -412,6 +419,7 @@ def test_only_fields_that_add_stages_may_change_between_runs(tmp_path):
         pipeline_config.check_run_config(other, str(tmp_path))
 
 
+@pytest.mark.slow
 def test_rerun_with_another_config_is_refused(run):
     config, workdir, _ = run
     changed = tiny_config(config.data.data_dir)

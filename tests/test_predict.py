@@ -12,47 +12,27 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow_datasets as tfds
-from conftest import serve_in_fresh_process
+from conftest import TINY_IMAGE_SIZE, serve_in_fresh_process, tiny_config
 
-from deepnoise_tf import config as config_lib
 from deepnoise_tf import (
     constants,
     embed,
     ensemble,
     evaluation,
     export,
-    factory,
     inference,
     predict,
     synthetic,
 )
 from deepnoise_tf import workdir as workdir_lib
 
-IMAGE_SIZE = 16
-
-
-def tiny_config(data_dir, builder, seed):
-    config = config_lib.cpu_scale(config_lib.default_config())
-    config.data.data_dir = str(data_dir)
-    config.data.builder = builder
-    config.data.synthetic_preset = ""
-    config.data.image_size = IMAGE_SIZE
-    config.model.width = 0.125
-    config.train.seed = seed
-    return config_lib.validate(config)
+IMAGE_SIZE = TINY_IMAGE_SIZE
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """(data_dir, builder name) of the tiny synthetic RxRx1 in the release layout (test labels known)."""
-    data_dir = tmp_path_factory.mktemp("predict_data")
-    return str(data_dir), synthetic.prepare_tfds(data_dir, preset="tiny", layout="release")
-
-
-@pytest.fixture(scope="module")
-def test_sites(data):
+def test_sites(tiny_data):
     """Every site of the test split as numpy arrays, read straight from TFDS."""
-    data_dir, builder = data
+    data_dir, builder = tiny_data
     dataset = tfds.load(builder, split="test", data_dir=data_dir, batch_size=-1)
     sites = tfds.as_numpy(dataset)
     for name in ("id_code", "experiment", "cell_type", "well_type"):
@@ -61,25 +41,10 @@ def test_sites(data):
 
 
 @pytest.fixture(scope="module")
-def members(data, tmp_path_factory):
+def members(tiny_data, make_run_folder):
     """Two training workdirs (config.json, checkpoints/best.weights.h5, export/) and their networks."""
-    data_dir, builder = data
-    result = []
-    for seed in (0, 1):
-        workdir = tmp_path_factory.mktemp(f"member{seed}")
-        config = tiny_config(data_dir, builder, seed)
-        model = factory.build_model(config, steps_per_epoch=1)
-        (workdir / "checkpoints").mkdir()
-        model.save_weights(str(workdir / "checkpoints" / "best.weights.h5"))
-        (workdir / "config.json").write_text(config_lib.to_json(config))
-        path = export.export_saved_model(
-            [model.inference_network()],
-            str(workdir / "export"),
-            image_size=IMAGE_SIZE,
-            normalization=config.data.normalization,
-        )
-        result.append({"workdir": workdir, "export": path, "network": model.inference_network()})
-    return result
+    configs = [tiny_config(*tiny_data, **{"model.width": 0.125, "train.seed": seed}) for seed in (0, 1)]
+    return [make_run_folder(config, f"member{seed}") for seed, config in enumerate(configs)]
 
 
 def command_line(model, data_dir, builder, output, *extra):
@@ -139,8 +104,8 @@ def test_saved_model_in_fresh_process_matches_keras(members, tmp_path):
     assert str(served["normalization"]) == "plate" and int(served["num_models"]) == 1
 
 
-def test_predict_cli_writes_a_valid_submission(data, members, test_sites, tmp_path, capsys):
-    data_dir, builder = data
+def test_predict_cli_writes_a_valid_submission(tiny_data, members, test_sites, tmp_path, capsys):
+    data_dir, builder = tiny_data
     output = tmp_path / "out" / "submission.csv"
     flags = ["--postprocess=assign", "--batch_size=16"]
     predict.main(command_line(members[0]["export"], data_dir, builder, output, *flags))
@@ -175,8 +140,8 @@ def test_predict_cli_writes_a_valid_submission(data, members, test_sites, tmp_pa
 
 
 @pytest.mark.parametrize("tta", [False, True])
-def test_well_logits_average_sites_and_views_in_logit_space(data, members, test_sites, tta):
-    data_dir, builder = data
+def test_well_logits_average_sites_and_views_in_logit_space(tiny_data, members, test_sites, tta):
+    data_dir, builder = tiny_data
     member = members[0]
     outputs = inference.predict_split(
         {"model": inference.load_export(member["export"])},
@@ -257,8 +222,8 @@ def test_ensemble_rejects_members_that_disagree(members, tmp_path):
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".parquet"])
-def test_embed_writes_unit_well_embeddings(data, members, test_sites, tmp_path, suffix):
-    data_dir, builder = data
+def test_embed_writes_unit_well_embeddings(tiny_data, members, test_sites, tmp_path, suffix):
+    data_dir, builder = tiny_data
     member = members[0]
     output = tmp_path / f"wells{suffix}"
     embed.main(command_line(member["export"], data_dir, builder, output, "--batch_size=32"))
@@ -298,9 +263,9 @@ def test_predict_without_test_labels_writes_no_accuracy(members, tmp_path):
     assert evaluation.accuracy_report(wells, "balance") is None
 
 
-def test_in_memory_predictor_serves_what_the_export_serves(data, members):
+def test_in_memory_predictor_serves_what_the_export_serves(tiny_data, members):
     """`inference.from_run_folder` (pipeline, report) and the export give the same well logits."""
-    data_dir, builder = data
+    data_dir, builder = tiny_data
     member = members[0]
     options = {"experiments": (), "batch_size": 16}
     exported = inference.predict_split(

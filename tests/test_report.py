@@ -6,12 +6,11 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from conftest import tiny_config
 
-from deepnoise_tf import config as config_lib
-from deepnoise_tf import constants, evaluation, export, factory, report, synthetic
+from deepnoise_tf import constants, evaluation, report
 from deepnoise_tf import workdir as workdir_lib
 
-IMAGE_SIZE = 16
 VAL_EXPERIMENTS = ("HEPG2-01", "HUVEC-01")
 
 
@@ -112,31 +111,16 @@ def test_cell_type_accuracy_matches_numpy_and_the_plate_prior_fixes_off_plate_er
 
 
 @pytest.fixture(scope="module")
-def untrained_workdir(tmp_path_factory):
-    """A workdir as train.py leaves it (config.json, checkpoint, export) around an untrained net."""
-    data_dir = tmp_path_factory.mktemp("report_data")
-    builder = synthetic.prepare_tfds(data_dir, preset="tiny", layout="release")
-    config = config_lib.cpu_scale(config_lib.default_config())
-    config.data.data_dir, config.data.builder, config.data.synthetic_preset = (
-        str(data_dir),
-        builder,
-        "",
+def untrained_workdir(tiny_data, make_run_folder):
+    """A workdir as train.py leaves it (config.json, checkpoint, export) around an untrained net,
+    with a hand-made metrics.csv."""
+    data_dir, builder = tiny_data
+    config = tiny_config(
+        data_dir, builder, **{"model.width": 0.0625, "data.val_experiments": VAL_EXPERIMENTS}
     )
-    config.data.image_size, config.model.width = IMAGE_SIZE, 0.0625
-    config.data.val_experiments = VAL_EXPERIMENTS
-    workdir = tmp_path_factory.mktemp("report_workdir")
-    model = factory.build_model(config_lib.validate(config), steps_per_epoch=1)
-    (workdir / "checkpoints").mkdir()
-    model.save_weights(str(workdir / "checkpoints" / "best.weights.h5"))
-    (workdir / "config.json").write_text(config_lib.to_json(config))
-    export.export_saved_model(
-        [model.inference_network()],
-        str(workdir / "export"),
-        image_size=IMAGE_SIZE,
-        normalization="plate",
-    )
+    workdir = make_run_folder(config, "report_workdir")["workdir"]
     hand_made_metrics().to_csv(workdir / "metrics.csv", index=False)
-    return workdir, str(data_dir), builder
+    return workdir, data_dir, builder
 
 
 def test_report_evaluates_the_export_per_cell_type_like_numpy(untrained_workdir):

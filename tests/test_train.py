@@ -84,6 +84,7 @@ def run(tmp_path_factory):
     return {"workdir": workdir, "killed": killed, "second": second, "third": third, "rows": rows}
 
 
+@pytest.mark.slow
 def test_rerun_resumes_where_the_backup_left_off(run):
     killed = run["killed"]
     assert killed["backup"] and not killed["export"], "the kill must land mid-training"
@@ -103,6 +104,7 @@ def test_rerun_resumes_where_the_backup_left_off(run):
     assert int(model.optimizer.iterations) == EPOCHS * STEPS  # not (EPOCHS - resumed[0]) * STEPS
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_run_trains_nothing(run):
     assert "nothing to do" in run["third"].stdout
     assert epoch_rows(run["workdir"]) == run["rows"]  # no epoch appended
@@ -118,6 +120,7 @@ def restore(workdir, checkpoint):
     return model
 
 
+@pytest.mark.slow
 def test_export_loads_without_the_package_and_matches_the_best_checkpoint(run, tmp_path):
     rng = np.random.default_rng(3)
     inputs = {
