@@ -147,6 +147,7 @@ def test_beam_direct_runner_matches_local_build(release_source, release_build, t
             np.testing.assert_array_equal(distributed[key][name], value, err_msg=f"{key} {name}")
 
 
+@pytest.mark.slow
 def test_tfds_cli_builds_kaggle_layout(kaggle_source, tmp_path):
     root, truth = kaggle_source
     command = [

@@ -287,6 +287,7 @@ _SYNC_BATCH_NORM_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_synchronized_batch_norm_keeps_replicas_identical_under_mirrored_strategy():
     environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
     completed = subprocess.run(
