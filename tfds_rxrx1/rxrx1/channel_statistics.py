@@ -7,15 +7,20 @@ paper's cell-type, experiment and plate normalization (eqs. 1-3).
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 import pandas as pd
 from etils import epath
 
-from tfds_rxrx1.rxrx1 import facts
+from tfds_rxrx1.rxrx1 import facts, progress
 from tfds_rxrx1.rxrx1.pixels import DecodeSettings, read_site
-from tfds_rxrx1.rxrx1.source import Site, SourceError, as_int, read_table
+from tfds_rxrx1.rxrx1.source import Site, SourceError, as_int, raise_problems, read_table
 
 PIXEL_STATS_COLUMNS = ("id_code", "site", "channel", "mean", "std")
+# pixel_stats.csv agrees with the PNGs to float rounding (and ddof, immaterial at 512^2); a wrong or
+# foreign file is off by far more. 1% of a statistic is well below what normalization would notice.
+PIXEL_STATS_TOLERANCE = 0.01
 
 
 def image_moments(image: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
@@ -94,12 +99,75 @@ def read_pixel_stats(path: epath.Path, pixels_per_image: int) -> dict:
 def compute_statistics(
     sites: list[Site], settings: DecodeSettings, known: dict | None = None
 ) -> dict:
-    """{group key: (mean, std)} in one streaming pass; memory holds one site at a time."""
+    """{group key: (mean, std)} in one streaming pass; memory holds one site at a time.
+
+    A site that fails to decode does not stop the pass: every bad file is reported in one error at the
+    end, before any example is written.
+    """
     pooled: dict = {}
-    for site in sites:
-        for key, moments in site_group_moments(site, settings, known):
+    problems = []
+    for site in progress.logged(sites, len(sites), "statistics pass, sites"):
+        try:
+            site_moments = site_group_moments(site, settings, known)
+        except SourceError as error:
+            problems.append(str(error))
+            continue
+        for key, moments in site_moments:
             pooled[key] = add_moments(pooled[key], moments) if key in pooled else moments
+    raise_problems(problems, "decoding the images")
     return {key: finish_moments(key, moments) for key, moments in pooled.items()}
+
+
+def check_pixel_stats(path, group: str, from_file, from_pixels) -> None:
+    """Refuses pixel_stats.csv when a group's (mean, std) from it and from the pixels disagree.
+
+    Without this a wrong file (a plate's means x3) gives a wrong normalization and a build that succeeds.
+    """
+    worst, where = 0.0, ""
+    for moment, file_values, pixel_values in zip(
+        ("mean", "std"), from_file, from_pixels, strict=True
+    ):
+        file_values, pixel_values = np.asarray(file_values), np.asarray(pixel_values)
+        relative = np.abs(file_values - pixel_values) / np.maximum(np.abs(pixel_values), 1e-6)
+        channel = int(np.argmax(relative))
+        if relative[channel] > worst:
+            worst = float(relative[channel])
+            where = (
+                f"channel w{channel + 1} {moment} is {file_values[channel]:.6g} by the file but "
+                f"{pixel_values[channel]:.6g} by the pixels"
+            )
+    if worst > PIXEL_STATS_TOLERANCE:
+        raise SourceError(
+            f"{path} disagrees with the images it describes: in {group}, {where} (relative "
+            f"difference {worst:.1%}, the largest of this group; tolerance {PIXEL_STATS_TOLERANCE:.0%})."
+            " The file is wrong or belongs to other images: delete or replace it (without it the "
+            "builder computes the statistics from the pixels)."
+        )
+
+
+class PixelStatsCheck:
+    """Checks the statistics taken from pixel_stats.csv against the pixels the writer decodes anyway.
+
+    Plates are the finest group (experiments and cell types pool the same rows); each plate is checked
+    when its last site is decoded, so a wrong file stops the build at the first wrong plate.
+    """
+
+    def __init__(self, path, sites: list[Site], statistics: dict):
+        self._path = path
+        self._statistics = statistics
+        self._remaining = collections.Counter(site.group_keys()["plate"] for site in sites)
+        self._pooled: dict = {}
+
+    def add(self, site: Site, image: np.ndarray) -> None:
+        key = site.group_keys()["plate"]
+        moments = image_moments(image)
+        self._pooled[key] = (
+            add_moments(self._pooled[key], moments) if key in self._pooled else moments
+        )
+        self._remaining[key] -= 1
+        if self._remaining[key] == 0:
+            pixels = finish_moments(key, self._pooled.pop(key))
+            check_pixel_stats(self._path, key, self._statistics[key], pixels)
 
 
 def finish_keyed(key_and_moments):

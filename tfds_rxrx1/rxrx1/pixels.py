@@ -39,8 +39,16 @@ def decode_png(path: str) -> np.ndarray:
             f"{path} cannot be decoded ({error}): the PNG is empty, truncated or corrupt. "
             "Re-download or re-extract it."
         ) from error
+    problem = format_problem(path, image_format, mode)
+    if problem:
+        raise SourceError(problem)
+    return pixels
+
+
+def format_problem(path: str, image_format: str | None, mode: str) -> str | None:
+    """Why a file is not an 8-bit greyscale PNG, or None; shared by the decoder and the header check."""
     if image_format != "PNG":
-        raise SourceError(f"{path} is a {image_format} file, not a PNG; convert or replace it.")
+        return f"{path} is a {image_format} file, not a PNG; convert or replace it."
     if mode != "L":
         kind = (
             "16-bit"
@@ -49,11 +57,11 @@ def decode_png(path: str) -> np.ndarray:
             if mode in ("RGB", "RGBA", "P", "LA")
             else mode
         )
-        raise SourceError(
+        return (
             f"{path} is a {kind} PNG (mode {mode}); RxRx1 channels are 8-bit greyscale. Convert it "
             "to 8-bit greyscale (one PNG per channel) first."
         )
-    return pixels
+    return None
 
 
 def downsample(pixels: np.ndarray, size: int) -> np.ndarray:

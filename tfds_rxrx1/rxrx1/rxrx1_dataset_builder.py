@@ -7,8 +7,9 @@ normalization at training time is a lookup. Runs locally or on Apache Beam (stat
 feeding a side input).
 
 This module holds the builder, its configs and the Beam plumbing; `source` reads and validates the
-layouts, `pixels` decodes and downsamples, `channel_statistics` pools the statistics, `facts` names the
-RxRx1 facts.
+layouts, `validation` checks every image file before anything is written (and is the validate-only
+command), `pixels` decodes and downsamples, `channel_statistics` pools the statistics and checks
+`pixel_stats.csv`, `progress` logs the long passes, `facts` names the RxRx1 facts.
 """
 
 from __future__ import annotations
@@ -22,14 +23,16 @@ from etils import epath
 
 from tfds_rxrx1.rxrx1 import facts
 from tfds_rxrx1.rxrx1.channel_statistics import (
+    PixelStatsCheck,
     combine_moments,
     compute_statistics,
     finish_keyed,
     read_pixel_stats,
     site_group_moments,
 )
-from tfds_rxrx1.rxrx1.pixels import DecodeSettings, decode_png, read_site
+from tfds_rxrx1.rxrx1.pixels import DecodeSettings, read_site
 from tfds_rxrx1.rxrx1.source import SPLITS, Site, SourceError, find_source_root, read_source
+from tfds_rxrx1.rxrx1.validation import check_images
 
 RELEASE_URLS = {
     "images": "https://storage.googleapis.com/rxrx/rxrx1/rxrx1-images.zip",
@@ -177,11 +180,32 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         # _split_generators needs to know whether a manual dir was named and whether Beam runs.
         self._manual_dir_given = download_config.manual_dir is not None
         self._use_beam = bool(download_config.beam_runner or download_config.beam_options)
+        self._remove_stale_incomplete_dirs()
         return super()._download_and_prepare(dl_manager, download_config)
+
+    def _remove_stale_incomplete_dirs(self) -> None:
+        """Deletes the incomplete.* folders that killed builds of this config and version left behind.
+
+        TFDS removes its incomplete folder only when the build ends in Python; a killed build leaves it
+        (tens of GB on RxRx1), and the next build writes a new one beside it. Runs while TFDS writes
+        into its own incomplete folder (self.data_dir), which is kept. Two builds of one config into
+        one data_dir at once are not supported (TFDS's final rename would collide anyway).
+        """
+        current = epath.Path(self.data_dir)
+        pattern = f"{tfds.core.constants.INCOMPLETE_PREFIX}*_{self.version}"
+        for stale in current.parent.glob(pattern):
+            if stale.name != current.name and stale.is_dir():
+                logging.warning("rxrx1: removing %s, left by an interrupted build", stale)
+                stale.rmtree()
 
     def _source_root(self, dl_manager) -> epath.Path:
         try:
             return find_source_root(epath.Path(dl_manager.manual_dir))
+        except NotADirectoryError as error:  # TFDS lists the manual dir before we can look at it
+            raise SourceError(
+                f"the manual dir is a file, not a folder ({error}); pass the folder that holds the "
+                f"RxRx1 files. {self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+            ) from error
         except AssertionError as error:  # missing or empty manual dir
             if getattr(self, "_manual_dir_given", True):
                 raise SourceError(
@@ -198,38 +222,40 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         root = self._source_root(dl_manager)
         layout, sites = read_source(root)
-        first = decode_png(sites[0].paths[0])
+        # Every file is checked before anything is written: all bad files in one error.
+        shape, reference = check_images(sites)
         target = self.builder_config.image_size
-        if target is not None and max(first.shape) <= target:
+        if target is not None and max(shape) <= target:
             target = None  # never upsample: a source at or below the config size is stored as it is
-        if target is not None and first.shape[0] != first.shape[1]:
+        if target is not None and shape[0] != shape[1]:
             raise SourceError(
                 f"config {self.builder_config.name} area-averages square images to {target}x{target}, but "
-                f"the source ({sites[0].paths[0]}) is {first.shape[0]}x{first.shape[1]}. Use the native "
-                "config for non-square images."
+                f"the source ({reference}) is {shape[0]}x{shape[1]}. Use the native config for "
+                "non-square images."
             )
-        settings = DecodeSettings(
-            source_shape=first.shape, reference_path=sites[0].paths[0], target_size=target
-        )
-        logging.info(
-            "rxrx1: %s layout at %s: %d sites of %s", layout, root, len(sites), first.shape
-        )
+        settings = DecodeSettings(source_shape=shape, reference_path=reference, target_size=target)
+        logging.info("rxrx1: %s layout at %s: %d sites of %s", layout, root, len(sites), shape)
         by_split = {split: [site for site in sites if site.split == split] for split in SPLITS}
         by_split = {split: members for split, members in by_split.items() if members}
         if getattr(self, "_use_beam", False):
             return {
                 split: _beam_split(members, sites, settings) for split, members in by_split.items()
             }
-        known = None
+        known, check = None, None
         pixel_stats = root / "pixel_stats.csv"
         if target is None and pixel_stats.exists():
-            known = read_pixel_stats(pixel_stats, first.shape[0] * first.shape[1])
+            known = read_pixel_stats(pixel_stats, shape[0] * shape[1])
         statistics = compute_statistics(sites, settings, known)
+        if known:
+            check = PixelStatsCheck(pixel_stats, sites, statistics)
         return {
-            split: self._generate_examples(members, settings, statistics)
+            split: self._generate_examples(members, settings, statistics, check)
             for split, members in by_split.items()
         }
 
-    def _generate_examples(self, sites, settings, statistics):
+    def _generate_examples(self, sites, settings, statistics, check=None):
         for site in sites:
-            yield site.site_id, make_example(site, settings, statistics)
+            example = make_example(site, settings, statistics)
+            if check is not None:  # pixel_stats.csv was trusted: verify it on the decoded pixels
+                check.add(site, example["image"])
+            yield site.site_id, example
