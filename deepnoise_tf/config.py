@@ -30,6 +30,7 @@ STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 PSEUDO_LABEL_SOURCES = ("ensemble", "own_teacher")
 OPTIMIZERS = ("adamw", "sgd_cosine")  # pretraining | per-cell-type fine-tuning
 MIXED_PRECISIONS = ("", "mixed_float16", "mixed_bfloat16")
+FINETUNE_LEARNING_RATES = ("learning_rate", "min_learning_rate", "final_learning_rate")
 
 
 def _finetune_defaults() -> ml_collections.ConfigDict:
@@ -302,6 +303,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ValueError(f"config.mean_teacher.labelled_share={share} must be in (0, 1]")
     if len(config.train.learning_rates) != len(config.train.lr_epoch_boundaries) + 1:
         raise ValueError("config.train.learning_rates needs one more value than train.lr_epoch_boundaries")
+    _check_learning_rates(config)
     if config.model.get("arcface_margin_warmup_epochs", 0.0) < 0:
         raise ValueError("config.model.arcface_margin_warmup_epochs must be >= 0")
     if config.mean_teacher.get("consistency_start_epoch", 0.0) < 0:
@@ -309,6 +311,16 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if config.train.batch_size < 1 or config.train.epochs < 1:
         raise ValueError("config.train.batch_size and config.train.epochs must be positive")
     return config
+
+
+def _check_learning_rates(config: ml_collections.ConfigDict) -> None:
+    """Every learning rate >= 0: a negative one would climb the loss instead of descending it."""
+    finetune = config.get("finetune", {})
+    rates = [(f"train.learning_rates[{i}]", rate) for i, rate in enumerate(config.train.learning_rates)]
+    rates += [(f"finetune.{name}", finetune[name]) for name in FINETUNE_LEARNING_RATES if name in finetune]
+    for field, rate in rates:
+        if not rate >= 0:  # also catches NaN
+            raise ValueError(f"config.{field}={rate} must be >= 0")
 
 
 def load(spec: str) -> ml_collections.ConfigDict:

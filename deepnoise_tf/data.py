@@ -12,6 +12,7 @@ feature at all (tests/test_data.py proves it).
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -166,8 +167,18 @@ class SplitIndex:
     test_experiments: tuple
 
 
+def split_names(data_config) -> tuple[str, ...]:
+    """The splits the built data set holds (a supervised run needs only `train`)."""
+    register_builder()
+    return tuple(tfds.builder(data_config.builder, data_dir=data_config.data_dir or None).info.splits)
+
+
 def index_splits(data_config) -> SplitIndex:
-    """Counts wells per role, reading only the identifier features."""
+    """Counts wells per role, reading only the identifier features.
+
+    A data set without a `test` split has no unlabelled wells: enough for supervised training, and
+    `training_dataset` refuses it for the mean teacher.
+    """
 
     def experiments_and_wells(split):
         dataset = load_sites(data_config, split, with_labels=False)
@@ -182,7 +193,9 @@ def index_splits(data_config) -> SplitIndex:
         return experiments, wells
 
     train_experiments, train_wells = experiments_and_wells("train")
-    test_experiments, test_wells = experiments_and_wells("test")
+    test_experiments, test_wells = set(), {}
+    if "test" in split_names(data_config):
+        test_experiments, test_wells = experiments_and_wells("test")
     val = set(data_config.val_experiments)
     missing = val - train_experiments
     if missing:
@@ -251,12 +264,23 @@ def labelled_batch_size(batch_size: int, labelled_share: float, num_replicas: in
     return labelled * num_replicas
 
 
-def training_dataset(config, *, num_replicas: int = 1, pseudo_labels=None) -> tf.data.Dataset:
+def training_dataset(config, *, num_replicas: int = 1, pseudo_labels=None, skip_batches: int = 0) -> tf.data.Dataset:
     """Endless batches of the global batch size for `model.fit(steps_per_epoch=...)`.
 
     Labelled rows: the train split minus the validation experiments. With the mean teacher, each
     batch also holds unlabelled rows of the test split, in the fixed share `labelled_share`.
+    The stream is a deterministic function of `train.seed`; `skip_batches` starts it that many
+    batches in, so a run resumed after k epochs of s steps (`skip_batches=k * s`) sees exactly the
+    batches an uninterrupted run sees from epoch k on (skipped batches are read, not trained on).
     """
+    batches = _training_batches(config, num_replicas, pseudo_labels)
+    if skip_batches:
+        batches = batches.skip(skip_batches)
+    return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def _training_batches(config, num_replicas: int, pseudo_labels) -> tf.data.Dataset:
+    """The endless batches of `training_dataset`, before skipping and prefetching."""
     data_config, batch_size = config.data, config.train.batch_size
     if batch_size % num_replicas:
         raise ValueError(f"train.batch_size={batch_size} is not divisible by the {num_replicas} replicas")
@@ -264,17 +288,22 @@ def training_dataset(config, *, num_replicas: int = 1, pseudo_labels=None) -> tf
     val = tuple(data_config.val_experiments)
     labelled_stream = _training_stream(data_config, "train", labelled=True, seed=seed, experiments_excluded=val)
     if not config.mean_teacher.enabled or config.mean_teacher.labelled_share >= 1.0:
-        return labelled_stream.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        return labelled_stream.batch(batch_size, drop_remainder=True)
+    if "test" not in split_names(data_config):
+        raise ValueError(
+            f"the mean teacher needs the unlabelled `test` split, which {data_config.builder} in "
+            f"{data_config.data_dir or 'the TFDS default data_dir'} lacks; set "
+            "mean_teacher.enabled=False to train supervised, or build the data set with its test split"
+        )
     n_labelled = labelled_batch_size(batch_size, config.mean_teacher.labelled_share, num_replicas)
     unlabelled_stream = _training_stream(
         data_config, "test", labelled=False, seed=seed + 1, experiments_excluded=(), pseudo_labels=pseudo_labels
     )
-    batches = interleave_per_replica(
+    return interleave_per_replica(
         labelled_stream.batch(n_labelled, drop_remainder=True),
         unlabelled_stream.batch(batch_size - n_labelled, drop_remainder=True),
         num_replicas,
     )
-    return batches.prefetch(tf.data.AUTOTUNE)
 
 
 def evaluation_dataset(config, *, split: str = "train", experiments=None, with_labels=True, batch_size=None):
@@ -337,11 +366,18 @@ def sirna_groups_from_split(
 
 
 def require_built(data_dir, builder: str) -> None:
-    """Fails unless the data set is built: `tfds.load` would otherwise start a download."""
+    """Fails in one line unless the data set is built: `tfds.load` would otherwise start a download,
+    and TFDS's own error for a data set it cannot find lists every data set it knows (~500 lines).
+    """
     register_builder()
-    tfds_builder = tfds.builder(builder, data_dir=data_dir or None)
-    if not tfds_builder.is_prepared():
+    where = data_dir or os.path.expanduser("~/tensorflow_datasets")
+    try:
+        prepared = tfds.builder(builder, data_dir=data_dir or None).is_prepared()
+    except tfds.core.registered.DatasetNotFoundError:
+        prepared = False
+    if not prepared:
         raise FileNotFoundError(
-            f"{builder} is not built in {tfds_builder.data_dir}: build it first "
-            "(`tfds build rxrx1 --imports tfds_rxrx1 --manual_dir ...`)"
+            f"{builder} is not built in {where}; build it with `tfds build {builder} --imports "
+            f"tfds_rxrx1 --manual_dir <the RxRx1 download> --data_dir {where}` "
+            "or set config.data.data_dir to where it is built"
         )

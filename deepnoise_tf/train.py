@@ -13,7 +13,7 @@ import os
 import sys
 
 from deepnoise_tf import config as config_lib
-from deepnoise_tf import training, workdir
+from deepnoise_tf import resume, training, workdir
 
 
 def parse_command_line(argv):
@@ -32,7 +32,10 @@ def main(argv=None):
             flush=True,
         )
         return
-    training.run(config, folder)
+    try:
+        training.run(config, folder)
+    except resume.RunFolderError as error:  # a refusal to touch the folder: the message is the news
+        sys.exit(f"[deepnoise] {error}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 The run folder follows `deepnoise_tf.workdir`: `config.json`, `split_index.json`, `metrics.csv`,
 TensorBoard logs, `backup/` (Keras `BackupAndRestore`: a rerun resumes after a crash or kill),
-`checkpoints/best.weights.h5` (by validation accuracy) and `last.weights.h5`, `export/`, and
-`done.json` last. A folder with `done.json` is finished and `run` returns its record untouched.
+`checkpoints/best.weights.h5` (by validation accuracy) and `last.weights.h5`, `fit_finished.json`,
+`export/`, and `done.json` last. A folder with `done.json` is finished and `run` returns its record
+untouched; what a rerun of an unfinished folder does (resume, finish, or refuse) is
+`deepnoise_tf.resume`'s.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import math
 import os
 
+from deepnoise_tf import resume
 from deepnoise_tf import workdir as workdir_lib
 
 
@@ -31,20 +34,27 @@ def output_folder(workdir: str) -> str:
     return os.path.join(workdir, f"worker_{json.loads(os.environ['TF_CONFIG'])['task']['index']}")
 
 
-def prepare_data(config, workdir: str):
-    """Generates the synthetic data set when the config asks for one; fills in its location."""
+def resolve_data(config, workdir: str):
+    """Fills in where a synthetic data set will be (`data_dir`, `builder`) without writing anything."""
     if not config.data.synthetic_preset:
         return config
-    from deepnoise_tf import synthetic
-
-    data_dir = config.data.data_dir or os.path.join(workdir, "data")
-    builder_config = config.data.builder.partition("/")[2] or "native"
-    name = synthetic.prepare_tfds(
-        data_dir, preset=config.data.synthetic_preset, builder_config=builder_config
-    )
     with config.unlocked():
-        config.data.data_dir = data_dir
-        config.data.builder = name
+        config.data.data_dir = config.data.data_dir or os.path.join(workdir, "data")
+        config.data.builder = "rxrx1/" + (config.data.builder.partition("/")[2] or "native")
+    return config
+
+
+def prepare_data(config, workdir: str):
+    """Generates the synthetic data set when the config asks for one; fills in its location."""
+    config = resolve_data(config, workdir)
+    if config.data.synthetic_preset:
+        from deepnoise_tf import synthetic
+
+        synthetic.prepare_tfds(
+            config.data.data_dir,
+            preset=config.data.synthetic_preset,
+            builder_config=config.data.builder.partition("/")[2],
+        )
     return config
 
 
@@ -115,14 +125,16 @@ def _build_model(config, steps: int, strategy, initial_weights, initial_backbone
     return model
 
 
-def _datasets(config, index, num_replicas: int, pseudo_labels):
-    """(training stream, validation batches or None)."""
+def _datasets(config, index, num_replicas: int, pseudo_labels, skip_batches: int):
+    """(training stream started `skip_batches` in, validation batches or None)."""
     import tensorflow as tf
 
     from deepnoise_tf import data
 
     table = data.pseudo_label_table(*pseudo_labels) if pseudo_labels is not None else None
-    train_data = data.training_dataset(config, num_replicas=num_replicas, pseudo_labels=table)
+    train_data = data.training_dataset(
+        config, num_replicas=num_replicas, pseudo_labels=table, skip_batches=skip_batches
+    )
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     train_data = train_data.with_options(options)
@@ -135,9 +147,10 @@ def _datasets(config, index, num_replicas: int, pseudo_labels):
 
 
 def _callbacks(config, folder: str, with_validation: bool) -> list:
-    """Backup, NaN guard, best checkpoint, CSV and TensorBoard logs, in the order a kill needs.
+    """Fit-finished marker, backup, NaN guard, best checkpoint, CSV and TensorBoard logs, in the
+    order a kill needs.
 
-    A backup of epoch k is written before epoch k's best checkpoint and its metrics.csv row, so the
+    The marker's `on_train_end` runs before the backup's deletes `backup/`. A backup of epoch k is written before epoch k's best checkpoint and its metrics.csv row, so the
     csv never repeats an epoch and every logged score that beat the best has its weights on disk.
     `double_checkpoint`: a kill while the backup is being written falls back to the previous one.
     """
@@ -145,6 +158,7 @@ def _callbacks(config, folder: str, with_validation: bool) -> list:
 
     metrics_path = os.path.join(folder, workdir_lib.METRICS_FILE)
     callbacks = [
+        resume.fit_finished_callback(folder, config.train.epochs),
         keras.callbacks.BackupAndRestore(os.path.join(folder, "backup"), double_checkpoint=True),
         keras.callbacks.TerminateOnNaN(),
     ]
@@ -188,24 +202,28 @@ def run(
         into the student and the teacher while the heads keep their fresh initialization: the start
         of per-cell-type fine-tuning (paper, "Fine-tuning").
       record: extra fields for the folder's `done.json`.
-    Either start is overridden by `backup/` when the run resumes after an interruption.
+    Either start is overridden by `backup/` when the run resumes after an interruption. A rerun
+    with another config, or one that finds a damaged file, raises before writing anything
+    (`deepnoise_tf.resume`); a rerun after `fit` ended only finishes the run.
 
     Returns:
       The `done.json` record: epochs, whether a best checkpoint exists, the checkpoint used, plus
       `record`.
     """
-    import sys
-
-    from deepnoise_tf import export, factory
+    from deepnoise_tf import data, factory
 
     done = workdir_lib.read_done(workdir)
     if done is not None:
         return done
+    folder = output_folder(workdir)
+    config = resolve_data(config, workdir)
+    resume.refuse_config_drift(folder, config)
+    state = resume.inspect(folder)
     factory.configure_devices(config.train)
     strategy = factory.strategy_for(config.train)
-    folder = output_folder(workdir)
     os.makedirs(folder, exist_ok=True)
     config = prepare_data(config, workdir)
+    data.require_built(config.data.data_dir, config.data.builder)
     workdir_lib.write_config(folder, config)
     index = split_index(config, folder)
     replicas = strategy.num_replicas_in_sync
@@ -216,8 +234,29 @@ def run(
         f"{index.validation_sites} validation sites; {steps} steps/epoch x {config.train.epochs} epochs",
         flush=True,
     )
-    model = _build_model(config, steps, strategy, initial_weights, initial_backbone)
-    train_data, validation = _datasets(config, index, replicas, pseudo_labels)
+    if state.fit_finished:
+        print(f"[deepnoise] training had finished in {folder}; exporting only", flush=True)
+        model = _build_model(config, steps, strategy, None, None)
+        remedy = f"delete {folder} to train again"
+        resume.load_weights(model, os.path.join(folder, resume.LAST_WEIGHTS), remedy)
+    else:
+        model = _build_model(config, steps, strategy, initial_weights, initial_backbone)
+        _fit(config, folder, model, (index, replicas, steps), pseudo_labels, state.epoch)
+    return _finish(config, folder, model, bool(index.validation_sites), record)
+
+
+def _fit(config, folder: str, model, layout, pseudo_labels, resumed_epoch: int) -> None:
+    """`model.fit` from `resumed_epoch` (what `backup/` holds), on the stream from that epoch on.
+
+    The stream is a function of `train.seed` alone, so skipping the batches of the finished epochs
+    gives a resumed run the batches an uninterrupted one trains on: the two log the same losses.
+    """
+    import sys
+
+    index, replicas, steps = layout
+    if resumed_epoch:
+        print(f"[deepnoise] resuming after epoch {resumed_epoch} (from backup/)", flush=True)
+    train_data, validation = _datasets(config, index, replicas, pseudo_labels, resumed_epoch * steps)
     model.fit(
         train_data,
         epochs=config.train.epochs,
@@ -227,11 +266,19 @@ def run(
         callbacks=_callbacks(config, folder, validation is not None),
         verbose=1 if sys.stdout.isatty() else 2,
     )
-    os.makedirs(os.path.join(folder, "checkpoints"), exist_ok=True)
-    model.save_weights(os.path.join(folder, "checkpoints", "last.weights.h5"))
-    best_path = os.path.join(folder, "checkpoints", "best.weights.h5")
-    if validation is not None and os.path.exists(best_path):
-        model.load_weights(best_path)  # paper: checkpoints selected by validation accuracy
+
+
+def _finish(config, folder: str, model, with_validation: bool, record: dict | None) -> dict:
+    """Best weights, export, `done.json`: what follows `fit`, safe to redo after a failure here."""
+    import shutil
+
+    from deepnoise_tf import export
+
+    best_path = os.path.join(folder, resume.BEST_WEIGHTS)
+    if with_validation and os.path.exists(best_path):
+        # paper: checkpoints selected by validation accuracy
+        remedy = f"delete it to export {resume.LAST_WEIGHTS} instead"
+        resume.load_weights(model, best_path, remedy)
     if config.train.export and is_chief():
         export_dir = os.path.join(folder, "export")
         export.export_saved_model(
@@ -241,6 +288,7 @@ def run(
             normalization=config.data.normalization,
         )
         print(f"[deepnoise] exported SavedModel to {export_dir}", flush=True)
+    shutil.rmtree(os.path.join(folder, resume.BACKUP_DIR), ignore_errors=True)  # killed mid-cleanup
     summary = {
         "epochs": config.train.epochs,
         "best_checkpoint": os.path.exists(best_path),

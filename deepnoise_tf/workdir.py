@@ -7,7 +7,7 @@ read is written through a temporary file and a rename, so a kill never leaves ha
 
 A training folder (`deepnoise_tf.training.run`) holds `config.json`, `split_index.json`,
 `metrics.csv`, `tensorboard/`, `backup/` (while training), `checkpoints/{best,last}.weights.h5`,
-`export/` and `done.json`.
+`fit_finished.json` (when `fit` ended; `deepnoise_tf.resume`), `export/` and `done.json`.
 """
 
 from __future__ import annotations
