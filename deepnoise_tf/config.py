@@ -13,15 +13,17 @@ from __future__ import annotations
 import argparse
 import ast
 import difflib
+import importlib.resources
 import importlib.util
 import json
+import os
 import pathlib
 from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
 
-from deepnoise_tf import constants
+from deepnoise_tf import cli, constants
 
 # Option lists owned here. Backbones and stems are owned by `deepnoise_tf.models` (the backbone
 # registry), teacher statistics by `deepnoise_tf.constants`; `validate` reads them from there.
@@ -311,17 +313,57 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config
 
 
-def load(spec: str) -> ml_collections.ConfigDict:
-    """Loads `path/to/config.py[:variant]` (the `--config` syntax).
+def bundled_configs_dir() -> pathlib.Path:
+    """The folder of the paper's config files, wherever the package is.
+
+    An installed wheel carries the top-level `configs/` folder as `deepnoise_tf/configs` (setup.cfg
+    maps it into the package); a checkout, and an editable install, read `configs/` itself, so an
+    edit there takes effect without reinstalling.
+    """
+    packaged = pathlib.Path(str(importlib.resources.files("deepnoise_tf").joinpath("configs")))
+    if packaged.is_dir():
+        return packaged
+    return pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def bundled_config_names() -> list[str]:
+    """The file names `--config` accepts on their own, e.g. `quickstart.py`."""
+    return sorted(file.name for file in bundled_configs_dir().glob("*.py") if not file.name.startswith("_"))
+
+
+def resolve_config_file(path: str) -> pathlib.Path:
+    """`path` when it is a file; a bare file name (no folder) not found here is a bundled config.
+
+    So `--config quickstart.py` works from any folder, also after a plain `pip install`, while a
+    path (`configs/quickstart.py`, `./mine.py`) means exactly that file.
 
     Raises:
-      FileNotFoundError: no such file.
+      FileNotFoundError: neither; for a bare name the message lists the bundled configs.
+    """
+    file = pathlib.Path(path)
+    if file.is_file():
+        return file
+    if "/" in path or os.sep in path:
+        raise FileNotFoundError(f"config file {path!r} does not exist")
+    bundled = bundled_configs_dir() / (path if path.endswith(".py") else f"{path}.py")
+    if bundled.is_file():
+        return bundled
+    names = bundled_config_names()
+    raise FileNotFoundError(
+        f"config file {path!r} does not exist here nor among the bundled configs"
+        f"{_did_you_mean(path, names)}: {', '.join(names)}"
+    )
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+    """Loads `path/to/config.py[:variant]` or `bundled_name.py[:variant]` (the `--config` syntax).
+
+    Raises:
+      FileNotFoundError: no such file (`resolve_config_file`).
       VariantError: the file's `get_config` rejects the variant (the message names the file).
     """
     path, _, variant = spec.partition(":")
-    file = pathlib.Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"config file {path!r} does not exist")
+    file = resolve_config_file(path)
     module_spec = importlib.util.spec_from_file_location(f"deepnoise_config_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
@@ -412,7 +454,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
 # The command line of the training CLIs
 
 OVERRIDE_PREFIX = "--config."
-_OVERRIDE_HELP = (
+OVERRIDE_HELP = (
     "Any config field can be overridden with --config.<field>=<value>, the value a Python literal "
     "or a bare string, e.g. --config.train.epochs=3 --config.data.builder=rxrx1/128 "
     "--config.train.learning_rates='(1e-3, 1e-4, 1e-5)'."
@@ -420,18 +462,19 @@ _OVERRIDE_HELP = (
 
 
 def argument_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """`--config FILE[:variant]` and `--workdir DIR`; `parse_arguments` adds `--config.a.b=value`.
+    """`--config FILE[:variant]`, `--workdir DIR` and `--verbose`; `parse_arguments` adds `--config.a.b=value`.
 
     Callers add their own arguments to the returned parser.
     """
-    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=_OVERRIDE_HELP)
+    parser = cli.new_parser(prog, description, epilog=OVERRIDE_HELP)
+    names = ", ".join(bundled_config_names())
     parser.add_argument(
         "--config",
         required=True,
         metavar="FILE[:VARIANT]",
         help="a config file, e.g. configs/model3_mean_teacher.py:cpu,wide (variant words joined "
-        "by commas; the file's docstring lists them). Override fields with --config.a.b=value, "
-        "e.g. --config.train.epochs=3",
+        "by commas; the file's docstring lists them), or the name alone of a bundled config, from "
+        f"any folder: {names}. Override fields with --config.a.b=value, e.g. --config.train.epochs=3",
     )
     parser.add_argument("--workdir", required=True, help="where checkpoints, logs and the export go")
     return parser

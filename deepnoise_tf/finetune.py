@@ -26,14 +26,18 @@ import json
 import sys
 
 from deepnoise_tf import config as config_lib
-from deepnoise_tf import finetuning
+from deepnoise_tf import quiet
 
 
 def main(argv=None) -> dict[str, str]:
+    argv = sys.argv[1:] if argv is None else argv
+    quiet.configure(argv)
     parser = config_lib.argument_parser("python -m deepnoise_tf.finetune", __doc__.split("\n")[0])
     parser.add_argument("--init", required=True, help="the pretrained train.py workdir")
-    parser.add_argument("--cell_types", default="", help="comma-separated, e.g. U2OS,HUVEC (default: all)")
-    known, config = config_lib.parse_arguments(parser, sys.argv[1:] if argv is None else argv)
+    parser.add_argument("--cell_types", default="", help="comma-separated, e.g. U2OS,HUVEC (default: config.data.cell_types, or all four)")
+    known, config = config_lib.parse_arguments(parser, argv)
+    from deepnoise_tf import finetuning  # TensorFlow: only after quiet.configure
+
     exports = finetuning.run(config, known.workdir, init_workdir=known.init, cell_types=known.cell_types or None)
     print(json.dumps(exports, indent=2), flush=True)
     return exports

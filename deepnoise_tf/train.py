@@ -13,7 +13,7 @@ import os
 import sys
 
 from deepnoise_tf import config as config_lib
-from deepnoise_tf import training, workdir
+from deepnoise_tf import quiet, workdir
 
 
 def parse_command_line(argv):
@@ -24,7 +24,9 @@ def parse_command_line(argv):
 
 
 def main(argv=None):
-    config, folder = parse_command_line(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    quiet.configure(argv)
+    config, folder = parse_command_line(argv)
     if workdir.read_done(folder) is not None:
         print(
             f"[deepnoise] {folder} holds a finished run ({workdir.DONE_FILE}); nothing to do. "
@@ -32,6 +34,8 @@ def main(argv=None):
             flush=True,
         )
         return
+    from deepnoise_tf import training  # TensorFlow: only after quiet.configure
+
     training.run(config, folder)
 
 
