@@ -32,42 +32,65 @@ with pseudo labels from that ensemble (pSoftmax), which this ablation leaves out
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import pandas as pd
 
-from deepnoise_tf import ablation_steps
-from deepnoise_tf import config as config_lib
+from deepnoise_tf import cli, config_flags, quiet
 
 
 def parse_command_line(argv):
     """The flags below plus any number of `--config.path=value`, applied to every training step."""
-    parser = argparse.ArgumentParser(
-        prog="python -m deepnoise_tf.ablation", description=__doc__.split("\n")[0]
+    from deepnoise_tf import ablation_steps  # TensorFlow: only after quiet.configure
+
+    parser = cli.new_parser(
+        "python -m deepnoise_tf.ablation", __doc__.split("\n")[0], epilog=config_flags.OVERRIDE_HELP
     )
     parser.add_argument("--workdir", required=True, help="where steps, tables and charts go")
     parser.add_argument(
-        "--data_dir", default="", help="TFDS data dir with rxrx1 (cpu scale: optional)"
+        "--data_dir",
+        default="",
+        help="TFDS data dir with rxrx1 (cpu scales: optional, the synthetic preset is generated "
+        "into WORKDIR/data)",
     )
     parser.add_argument(
         "--builder", default="", help="TFDS name/config, e.g. rxrx1/128 (default: the config's)"
     )
-    parser.add_argument("--scale", choices=ablation_steps.SCALES, default="cpu")
+    parser.add_argument(
+        "--scale",
+        choices=ablation_steps.SCALES,
+        default="cpu",
+        help="cpu: every config's :cpu variant on the synthetic ablation preset; cpu_morphology: "
+        "the shape phenotype; paper: the paper configs as they are",
+    )
     parser.add_argument(
         "--steps",
         nargs="+",
         choices=ablation_steps.STEP_NAMES,
         default=list(ablation_steps.STEP_NAMES),
+        help="the steps to run (and the trainings they need); all are scored",
     )
-    parser.add_argument("--configs_dir", default=str(ablation_steps.CONFIGS_DIR))
-    parser.add_argument("--postprocess", choices=("assign", "balance"), default="assign")
-    rest, overrides = config_lib.split_overrides(parser, argv)
+    parser.add_argument(
+        "--configs_dir",
+        default="",
+        help="folder of the config files (default: the bundled configs)",
+    )
+    parser.add_argument(
+        "--postprocess",
+        choices=("assign", "balance"),
+        default="assign",
+        help="the plate prior of the post-processed step",
+    )
+    rest, overrides = config_flags.split_overrides(parser, argv)
     return parser.parse_args(rest), overrides
 
 
 def main(argv=None) -> pd.DataFrame:
-    arguments, overrides = parse_command_line(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    quiet.configure(argv)
+    arguments, overrides = parse_command_line(argv)
+    from deepnoise_tf import ablation_steps
+
     return ablation_steps.run_ablation(
         arguments.workdir,
         data_dir=arguments.data_dir,
@@ -75,7 +98,7 @@ def main(argv=None) -> pd.DataFrame:
         scale=arguments.scale,
         steps=tuple(arguments.steps),
         overrides=overrides,
-        configs_dir=arguments.configs_dir,
+        configs_dir=arguments.configs_dir or None,
         method=arguments.postprocess,
     )
 

@@ -21,7 +21,6 @@ from deepnoise_tf import baselines, data, evaluation, plots
 from deepnoise_tf import config as config_lib
 from deepnoise_tf import workdir as workdir_lib
 
-CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 EVALUATION_FOLDER = "evaluation"  # in each step's folder: logits.npz, then done.json
 LOGITS_FILE = "logits.npz"
 REPORT_FOLDER = "report"  # in each training step's folder: its training curves
@@ -95,16 +94,18 @@ SCALES = config_lib.ABLATION_SCALES
 
 
 def step_config(step: Step, *, scale: str = "cpu", overrides: dict[str, str] | None = None,
-                configs_dir: str | pathlib.Path = CONFIGS_DIR):  # fmt: skip
+                configs_dir: str | pathlib.Path | None = None):  # fmt: skip
     """The config one training step runs: file[:variant], scale settings, user overrides, the step's own.
 
+    The file is read from `configs_dir`, else from the bundled configs (`config.bundled_configs_dir`).
     The step's overrides come last, so an override for every step cannot undo what the step tests.
     """
     if not step.trains:
         raise ValueError(f"step {step.name!r} trains nothing")
     on_cpu = scale != "paper"
     variant = ",".join(part for part in ("cpu" if on_cpu else "", step.variant) if part)
-    spec = str(pathlib.Path(configs_dir) / step.config_file) + (f":{variant}" if variant else "")
+    file = pathlib.Path(configs_dir or config_lib.bundled_configs_dir()) / step.config_file
+    spec = str(file) + (f":{variant}" if variant else "")
     config = config_lib.load(spec)
     config = config_lib.apply_ablation_scale(config, scale)
     config = config_lib.apply_overrides(config, dict(overrides or {}))
@@ -443,7 +444,7 @@ def write_results(root, reference, cached, seconds, *, method, data_label) -> pd
 
 def run_ablation(
     workdir, *, data_dir: str = "", builder: str = "", scale: str = "cpu", steps=STEP_NAMES,
-    overrides: dict[str, str] | None = None, configs_dir=CONFIGS_DIR, method: str = "assign",
+    overrides: dict[str, str] | None = None, configs_dir=None, method: str = "assign",
     trainer=default_trainer, evaluator=default_evaluator,
 ) -> pd.DataFrame:  # fmt: skip
     """Runs the requested steps (and the trainings they need), then scores every cached step.

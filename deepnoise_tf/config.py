@@ -5,16 +5,17 @@ Configs are data: every hyperparameter lives once, here (defaults and scales) or
 `get_config(variant: str = "") -> ml_collections.ConfigDict` and reads `variant` with
 `parse_variant`, so `configs/x.py:cpu,wide` selects known words and anything else is an error.
 Overrides use dotted paths (`--config.train.epochs=3`); an unknown field is an error that suggests
-the closest ones. `argument_parser` and `parse_arguments` are the command line of every training CLI.
+the closest ones. `deepnoise_tf.config_flags` turns them into the command line of the training CLIs.
 """
 
 from __future__ import annotations
 
-import argparse
 import ast
 import difflib
+import importlib.resources
 import importlib.util
 import json
+import os
 import pathlib
 from collections.abc import Sequence
 from typing import Any
@@ -323,17 +324,57 @@ def _check_learning_rates(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.{field}={rate} must be >= 0")
 
 
-def load(spec: str) -> ml_collections.ConfigDict:
-    """Loads `path/to/config.py[:variant]` (the `--config` syntax).
+def bundled_configs_dir() -> pathlib.Path:
+    """The folder of the paper's config files, wherever the package is.
+
+    An installed wheel carries the top-level `configs/` folder as `deepnoise_tf/configs` (setup.cfg
+    maps it into the package); a checkout, and an editable install, read `configs/` itself, so an
+    edit there takes effect without reinstalling.
+    """
+    packaged = pathlib.Path(str(importlib.resources.files("deepnoise_tf").joinpath("configs")))
+    if packaged.is_dir():
+        return packaged
+    return pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def bundled_config_names() -> list[str]:
+    """The file names `--config` accepts on their own, e.g. `quickstart.py`."""
+    return sorted(file.name for file in bundled_configs_dir().glob("*.py") if not file.name.startswith("_"))
+
+
+def resolve_config_file(path: str) -> pathlib.Path:
+    """`path` when it is a file; a bare file name (no folder) not found here is a bundled config.
+
+    So `--config quickstart.py` works from any folder, also after a plain `pip install`, while a
+    path (`configs/quickstart.py`, `./mine.py`) means exactly that file.
 
     Raises:
-      FileNotFoundError: no such file.
+      FileNotFoundError: neither; for a bare name the message lists the bundled configs.
+    """
+    file = pathlib.Path(path)
+    if file.is_file():
+        return file
+    if "/" in path or os.sep in path:
+        raise FileNotFoundError(f"config file {path!r} does not exist")
+    bundled = bundled_configs_dir() / (path if path.endswith(".py") else f"{path}.py")
+    if bundled.is_file():
+        return bundled
+    names = bundled_config_names()
+    raise FileNotFoundError(
+        f"config file {path!r} does not exist here nor among the bundled configs"
+        f"{_did_you_mean(path, names)}: {', '.join(names)}"
+    )
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+    """Loads `path/to/config.py[:variant]` or `bundled_name.py[:variant]` (the `--config` syntax).
+
+    Raises:
+      FileNotFoundError: no such file (`resolve_config_file`).
       VariantError: the file's `get_config` rejects the variant (the message names the file).
     """
     path, _, variant = spec.partition(":")
-    file = pathlib.Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"config file {path!r} does not exist")
+    file = resolve_config_file(path)
     module_spec = importlib.util.spec_from_file_location(f"deepnoise_config_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
@@ -418,80 +459,6 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
                 raise KeyError(_unknown_field_message(path, valid))
             _set_field(config, path, _parse_value(text), text)
     return config
-
-
-# ------------------------------------------------------------------------------------------------
-# The command line of the training CLIs
-
-OVERRIDE_PREFIX = "--config."
-_OVERRIDE_HELP = (
-    "Any config field can be overridden with --config.<field>=<value>, the value a Python literal "
-    "or a bare string, e.g. --config.train.epochs=3 --config.data.builder=rxrx1/128 "
-    "--config.train.learning_rates='(1e-3, 1e-4, 1e-5)'."
-)
-
-
-def argument_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """`--config FILE[:variant]` and `--workdir DIR`; `parse_arguments` adds `--config.a.b=value`.
-
-    Callers add their own arguments to the returned parser.
-    """
-    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=_OVERRIDE_HELP)
-    parser.add_argument(
-        "--config",
-        required=True,
-        metavar="FILE[:VARIANT]",
-        help="a config file, e.g. configs/model3_mean_teacher.py:cpu,wide (variant words joined "
-        "by commas; the file's docstring lists them). Override fields with --config.a.b=value, "
-        "e.g. --config.train.epochs=3",
-    )
-    parser.add_argument("--workdir", required=True, help="where checkpoints, logs and the export go")
-    return parser
-
-
-def split_overrides(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
-    """(the other arguments, {dotted field: text}) from `argv`; a malformed override is a CLI error.
-
-    Overrides are taken out before argparse sees them: argparse would read a value with a space,
-    e.g. a tuple, as a positional argument.
-    """
-    rest, overrides = [], {}
-    for argument in argv:
-        if not argument.startswith(OVERRIDE_PREFIX):
-            rest.append(argument)
-            continue
-        path, equals, text = argument[len(OVERRIDE_PREFIX) :].partition("=")
-        if not equals or not path:
-            parser.error(f"{argument!r}: overrides look like --config.train.epochs=3")
-        overrides[path] = text
-    return rest, overrides
-
-
-def parse_arguments(
-    parser: argparse.ArgumentParser, argv: Sequence[str]
-) -> tuple[argparse.Namespace, ml_collections.ConfigDict]:
-    """(parsed arguments, validated config) from `argv`: the parser's arguments plus overrides.
-
-    Every mistake in the command line (an unknown argument or field, a malformed override, a
-    value of the wrong type or out of range, a bad variant, a missing config file) ends in
-    `parser.error`: one line on stderr and exit status 2, before any work.
-    """
-    rest, overrides = split_overrides(parser, argv)
-    arguments = parser.parse_args(rest)
-    try:
-        config = load(arguments.config)
-    except (FileNotFoundError, VariantError) as error:
-        parser.error(str(error))
-    try:
-        config = apply_overrides(config, overrides)
-    except KeyError as error:
-        parser.error(error.args[0])  # str() of a KeyError would quote the message
-    except TypeError as error:
-        parser.error(str(error))
-    try:
-        return arguments, validate(config)
-    except ValueError as error:
-        parser.error(str(error))
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

@@ -381,3 +381,18 @@ def require_built(data_dir, builder: str) -> None:
             f"tfds_rxrx1 --manual_dir <the RxRx1 download> --data_dir {where}` "
             "or set config.data.data_dir to where it is built"
         )
+
+
+def built_configs(data_dir, name: str = "rxrx1") -> list[str]:
+    """The configs of `name` built in `data_dir`, e.g. `["rxrx1/64"]`, sorted.
+
+    So a command given only `--data_dir` reads what is there instead of assuming `rxrx1/native`
+    (which TFDS would offer to download, 46 GB). A build is finished once TFDS wrote
+    `data_dir/<name>/<config>/<version>/dataset_info.json`; its unfinished builds sit in folders
+    whose name is no version. Reads folder names only.
+    """
+    root = str(data_dir or tfds.core.constants.DATA_DIR)
+    pattern = tf.io.gfile.join(root, name, "*", "*", "dataset_info.json")
+    folders = [path.replace("\\", "/").split("/") for path in tf.io.gfile.glob(pattern)]
+    versions = [parts for parts in folders if tfds.core.Version.is_valid(parts[-2])]
+    return sorted({f"{name}/{parts[-3]}" for parts in versions})

@@ -12,14 +12,13 @@ Output: `.npz` (arrays `embedding` [W, D] float32 plus one array per metadata co
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 
 import numpy as np
 import pandas as pd
 
-from deepnoise_tf import cli, inference
+from deepnoise_tf import cli, quiet
 
 FORMATS = (".npz", ".parquet")
 
@@ -45,14 +44,18 @@ def write_embeddings(wells: pd.DataFrame, embeddings: np.ndarray, path) -> pathl
 
 
 def main(argv=None) -> pathlib.Path:
-    parser = argparse.ArgumentParser(
-        prog="python -m deepnoise_tf.embed", description=__doc__.split("\n")[0]
-    )
+    argv = sys.argv[1:] if argv is None else argv
+    quiet.configure(argv)
+    parser = cli.new_parser("python -m deepnoise_tf.embed", __doc__.split("\n")[0])
     cli.add_split_arguments(parser)
     parser.add_argument("--output", required=True, help="wells.npz or wells.parquet")
-    arguments = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    if pathlib.Path(arguments.output).suffix not in FORMATS:
-        parser.error(f"--output must end in one of {FORMATS}")
+    arguments = parser.parse_args(argv)
+    cli.check_model(parser, arguments.model)
+    cli.check_output(parser, arguments.output, FORMATS)
+    from deepnoise_tf import inference  # TensorFlow: only after quiet.configure and the checks
+
+    arguments.builder = cli.resolve_builder(parser, arguments.data_dir, arguments.builder)
+    cli.check_splits(parser, arguments.data_dir, arguments.builder, {"--split": arguments.split})
     outputs = inference.predict_split(
         {"model": inference.load_export(arguments.model)},
         arguments.data_dir,

@@ -12,19 +12,20 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from deepnoise_tf import export
+from deepnoise_tf import cli, quiet
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(
-        prog="python -m deepnoise_tf.ensemble", description=__doc__.split("\n")[0]
-    )
+    argv = sys.argv[1:] if argv is None else argv
+    quiet.configure(argv)
+    parser = cli.new_parser("python -m deepnoise_tf.ensemble", __doc__.split("\n")[0])
     parser.add_argument("--workdirs", nargs="+", required=True, help="training workdirs")
     parser.add_argument("--output", required=True, help="SavedModel directory to write")
-    arguments = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    arguments = parser.parse_args(argv)
+    from deepnoise_tf import export  # TensorFlow: only after quiet.configure
+
     path = export.export_run_folders(arguments.workdirs, arguments.output)
     print(f"[deepnoise] exported an ensemble of {len(arguments.workdirs)} models to {path}", flush=True)
     return path

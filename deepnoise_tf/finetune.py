@@ -25,15 +25,18 @@ from __future__ import annotations
 import json
 import sys
 
-from deepnoise_tf import config as config_lib
-from deepnoise_tf import finetuning
+from deepnoise_tf import config_flags, quiet
 
 
 def main(argv=None) -> dict[str, str]:
-    parser = config_lib.argument_parser("python -m deepnoise_tf.finetune", __doc__.split("\n")[0])
+    argv = sys.argv[1:] if argv is None else argv
+    quiet.configure(argv)
+    parser = config_flags.argument_parser("python -m deepnoise_tf.finetune", __doc__.split("\n")[0])
     parser.add_argument("--init", required=True, help="the pretrained train.py workdir")
-    parser.add_argument("--cell_types", default="", help="comma-separated, e.g. U2OS,HUVEC (default: all)")
-    known, config = config_lib.parse_arguments(parser, sys.argv[1:] if argv is None else argv)
+    parser.add_argument("--cell_types", default="", help="comma-separated, e.g. U2OS,HUVEC (default: config.data.cell_types, or all four)")
+    known, config = config_flags.parse_arguments(parser, argv)
+    from deepnoise_tf import finetuning  # TensorFlow: only after quiet.configure
+
     exports = finetuning.run(config, known.workdir, init_workdir=known.init, cell_types=known.cell_types or None)
     print(json.dumps(exports, indent=2), flush=True)
     return exports

@@ -34,13 +34,16 @@ from __future__ import annotations
 
 import sys
 
-from deepnoise_tf import algorithm
-from deepnoise_tf import config as config_lib
+from deepnoise_tf import config_flags, quiet
 
 
 def main(argv=None) -> dict:
-    parser = config_lib.argument_parser("python -m deepnoise_tf.pipeline", __doc__.split("\n")[0])
-    known, config = config_lib.parse_arguments(parser, sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    quiet.configure(argv)
+    parser = config_flags.argument_parser("python -m deepnoise_tf.pipeline", __doc__.split("\n")[0])
+    known, config = config_flags.parse_arguments(parser, argv)
+    from deepnoise_tf import algorithm  # TensorFlow: only after quiet.configure
+
     return algorithm.run(config, known.workdir)
 
 

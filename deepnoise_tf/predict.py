@@ -8,7 +8,8 @@ plate prior is applied (`deepnoise_tf.evaluation`: siRNA groups derived from the
 labels, each test experiment's plate rotation inferred from the predictions; exact assignment by
 default). When the predicted wells carry labels (the release layout, the synthetic data), accuracy
 overall and per cell type, before and after post-processing, is printed and written to
-`<output stem>_accuracy.csv`.
+`<output stem>_accuracy.csv`. Without `--builder`, the one `rxrx1` config built in `--data_dir` is
+read. The flags, the model folder, the output path and the splits are checked before any work.
 
 Example:
     python -m deepnoise_tf.predict --model workdir/export --data_dir ~/tensorflow_datasets \\
@@ -17,13 +18,12 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 
 import pandas as pd
 
-from deepnoise_tf import cli, data, evaluation, inference, postprocess
+from deepnoise_tf import cli, evaluation, postprocess, quiet
 
 
 def write_submission(predictions: pd.DataFrame, path) -> pathlib.Path:
@@ -40,21 +40,38 @@ def accuracy_path(output) -> pathlib.Path:
 
 
 def parse_arguments(argv):
-    parser = argparse.ArgumentParser(
-        prog="python -m deepnoise_tf.predict", description=__doc__.split("\n")[0]
-    )
+    """The flags, checked as far as they can be without TensorFlow (model folder, output path)."""
+    parser = cli.new_parser("python -m deepnoise_tf.predict", __doc__.split("\n")[0])
     cli.add_split_arguments(parser)
-    parser.add_argument("--output", required=True, help="submission CSV")
-    parser.add_argument("--postprocess", choices=postprocess.METHODS, default="assign")
+    parser.add_argument("--output", required=True, help="the submission, a .csv file")
     parser.add_argument(
-        "--groups_split", default="train", help="labelled split the siRNA groups come from"
+        "--postprocess",
+        choices=postprocess.METHODS,
+        default="assign",
+        help="the plate prior: exact assignment, balancing, or none",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--groups_split",
+        default="train",
+        help='labelled split the siRNA groups of the plate prior come from ("": no plate groups)',
+    )
+    arguments = parser.parse_args(argv)
+    cli.check_model(parser, arguments.model)
+    cli.check_output(parser, arguments.output, (".csv",))
+    return parser, arguments
 
 
 def main(argv=None) -> pd.DataFrame:
     """Writes the submission (and the accuracy table when labels are known); returns the predictions."""
-    arguments = parse_arguments(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    quiet.configure(argv)
+    parser, arguments = parse_arguments(argv)
+    # TensorFlow loads here, after quiet.configure and the checks that need no data.
+    from deepnoise_tf import data, inference
+
+    arguments.builder = cli.resolve_builder(parser, arguments.data_dir, arguments.builder)
+    splits = {"--split": arguments.split, "--groups_split": arguments.groups_split}
+    cli.check_splits(parser, arguments.data_dir, arguments.builder, splits)
     options = cli.split_options(arguments)
     outputs = inference.predict_split(
         {"model": inference.load_export(arguments.model)}, arguments.data_dir, **options

@@ -19,12 +19,16 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from deepnoise_tf import data, evaluation, export, inference, plots
+from deepnoise_tf import cli, evaluation, plots, quiet
 from deepnoise_tf import workdir as workdir_lib
+
+if TYPE_CHECKING:
+    from deepnoise_tf import inference
 
 REPORT_FOLDER = "report"
 EXPORT_FROM_CHECKPOINT = "checkpoint_export"  # inside the workdir, when training wrote no export
@@ -51,6 +55,8 @@ def markdown_table(table: pd.DataFrame, float_format: str = "{:.4f}") -> str:
 def run_predictor(workdir: pathlib.Path) -> inference.Predictor:
     """The run's SavedModel (`DIR/export`); a run trained with `train.export=False` is exported once
     from its checkpoint to `DIR/checkpoint_export`."""
+    from deepnoise_tf import export, inference  # TensorFlow: after quiet.configure
+
     path = workdir / "export"
     if not (path / "saved_model.pb").is_file():
         path = workdir / EXPORT_FROM_CHECKPOINT
@@ -64,6 +70,8 @@ def validation_accuracy(workdir, config, *, split, experiments, method, progress
 
     The siRNA groups come from the training experiments only: the scored labels must not feed it.
     """
+    from deepnoise_tf import data, inference  # TensorFlow: after quiet.configure
+
     experiments = tuple(experiments or config.data.val_experiments)
     if not experiments:
         raise ValueError("no experiments to evaluate (config.data.val_experiments is empty)")
@@ -164,25 +172,37 @@ def write_report(
 
 
 def parse_arguments(argv):
-    parser = argparse.ArgumentParser(
-        prog="python -m deepnoise_tf.report", description=__doc__.split("\n")[0]
-    )
+    parser = cli.new_parser("python -m deepnoise_tf.report", __doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True, help="a deepnoise_tf.train workdir")
-    parser.add_argument("--output", default="", help="default: WORKDIR/report")
+    parser.add_argument("--output", default="", help="the report folder (default: WORKDIR/report)")
     parser.add_argument(
         "--split", default="train", help="split holding the experiments to evaluate"
     )
     parser.add_argument(
         "--experiments", nargs="*", default=None, help="default: the config's val_experiments"
     )
-    parser.add_argument("--postprocess", choices=("assign", "balance", "none"), default="assign")
-    parser.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument(
+        "--postprocess",
+        choices=("assign", "balance", "none"),
+        default="assign",
+        help="the plate prior of the post-processed accuracy",
+    )
+    parser.add_argument(
+        "--evaluate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="evaluate the model on the validation experiments (else only the training curves)",
+    )
+    parser.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=False, help="a progress bar"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> dict[str, pathlib.Path]:
-    arguments = parse_arguments(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    quiet.configure(argv)
+    arguments = parse_arguments(argv)
     written = write_report(
         arguments.workdir,
         output=arguments.output or None,

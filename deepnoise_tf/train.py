@@ -12,19 +12,20 @@ from __future__ import annotations
 import os
 import sys
 
-from deepnoise_tf import config as config_lib
-from deepnoise_tf import resume, training, workdir
+from deepnoise_tf import config_flags, quiet, workdir
 
 
 def parse_command_line(argv):
     """`--config FILE[:variant]`, `--workdir DIR` and any number of `--config.path=value`."""
-    parser = config_lib.argument_parser("python -m deepnoise_tf.train", __doc__.split("\n")[0])
-    known, config = config_lib.parse_arguments(parser, argv)
+    parser = config_flags.argument_parser("python -m deepnoise_tf.train", __doc__.split("\n")[0])
+    known, config = config_flags.parse_arguments(parser, argv)
     return config, os.path.abspath(known.workdir)
 
 
 def main(argv=None):
-    config, folder = parse_command_line(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    quiet.configure(argv)
+    config, folder = parse_command_line(argv)
     if workdir.read_done(folder) is not None:
         print(
             f"[deepnoise] {folder} holds a finished run ({workdir.DONE_FILE}); nothing to do. "
@@ -32,6 +33,8 @@ def main(argv=None):
             flush=True,
         )
         return
+    from deepnoise_tf import resume, training  # TensorFlow: only after quiet.configure
+
     try:
         training.run(config, folder)
     except resume.RunFolderError as error:  # a refusal to touch the folder: the message is the news

@@ -5,6 +5,7 @@ import pathlib
 import pytest
 
 from deepnoise_tf import config as config_lib
+from deepnoise_tf import config_flags
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -91,8 +92,8 @@ def test_shipped_configs_reject_unknown_variants_at_load(spec, message):
 
 
 def parse(argv):
-    parser = config_lib.argument_parser("python -m deepnoise_tf.train", "Trains one model.")
-    return config_lib.parse_arguments(parser, argv)
+    parser = config_flags.argument_parser("python -m deepnoise_tf.train", "Trains one model.")
+    return config_flags.parse_arguments(parser, argv)
 
 
 def cli_error(capsys, argv) -> str:
