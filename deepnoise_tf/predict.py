@@ -23,7 +23,7 @@ import sys
 
 import pandas as pd
 
-from deepnoise_tf import cli, data, evaluation, inference, postprocess
+from deepnoise_tf import cli, evaluation, inference, postprocess
 
 
 def write_submission(predictions: pd.DataFrame, path) -> pathlib.Path:
@@ -55,20 +55,20 @@ def parse_arguments(argv):
 def main(argv=None) -> pd.DataFrame:
     """Writes the submission (and the accuracy table when labels are known); returns the predictions."""
     arguments = parse_arguments(sys.argv[1:] if argv is None else argv)
-    options = cli.split_options(arguments)
-    outputs = inference.predict_split(
-        {"model": inference.load_export(arguments.model)}, arguments.data_dir, **options
-    )
+    predictor = inference.load_export(arguments.model)
+    outputs = cli.well_outputs(arguments, {"model": predictor})
     groups = None
     if arguments.groups_split:
-        groups = data.sirna_groups_from_split(
-            arguments.data_dir, options["builder"], arguments.groups_split
-        )
+        groups = cli.sirna_groups(arguments, arguments.groups_split)
     predictions = evaluation.well_predictions(
         outputs.wells, outputs.logits["model"], method=arguments.postprocess, sirna_groups=groups
     )
+    predictions = cli.with_sirna_names(predictions, cli.sirna_names(arguments, predictor), "prediction")
     path = write_submission(predictions, arguments.output)
     print(f"[deepnoise] wrote {len(predictions)} treatment wells to {path}", flush=True)
+    if "sirna_name" in predictions:
+        named = write_named_predictions(predictions, path)
+        print(f"[deepnoise] predictions with siRNA names written to {named}", flush=True)
     report = evaluation.accuracy_report(predictions, arguments.postprocess)
     if report is not None:
         report.to_csv(accuracy_path(path), index=False)
@@ -76,6 +76,18 @@ def main(argv=None) -> pd.DataFrame:
             print(report.to_string(index=False, float_format=lambda value: f"{value:.4f}"))
         print(f"[deepnoise] accuracy written to {accuracy_path(path)}", flush=True)
     return predictions
+
+
+def write_named_predictions(predictions: pd.DataFrame, submission) -> pathlib.Path:
+    """`<submission stem>_predictions.csv`: id_code, sirna (id) and sirna_name of each prediction.
+
+    The submission itself stays Kaggle's `id_code,sirna`; the names go beside it.
+    """
+    path = pathlib.Path(submission)
+    path = path.with_name(f"{path.stem}_predictions.csv")
+    table = predictions[["id_code", "prediction", "sirna_name"]].rename(columns={"prediction": "sirna"})
+    table.to_csv(path, index=False)
+    return path
 
 
 if __name__ == "__main__":
