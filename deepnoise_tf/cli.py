@@ -1,4 +1,8 @@
-"""Command-line pieces shared by the commands that run a SavedModel over a split (predict, embed)."""
+"""Command-line pieces shared by the commands that run a SavedModel over a split (predict, embed).
+
+The split comes from a built TFDS data set (`--data_dir`) or straight from an RxRx1 source folder of
+PNGs (`--images`, `deepnoise_tf.raw_images`); both feed the same `inference.predict_wells`.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,13 @@ def add_split_arguments(parser: argparse.ArgumentParser) -> None:
         "--images",
         help="instead of --data_dir: an RxRx1 source folder (release or Kaggle layout) read as PNGs, "
         "statistics computed on the fly (deepnoise_tf.raw_images)",
+    )
+    parser.add_argument(
+        "--images_size",
+        type=int,
+        default=None,
+        help="with --images: the size of the rxrx1/<size> config the model was trained on (pixels "
+        "area-averaged and statistics computed as that build does); default native",
     )
     parser.add_argument("--builder", default="rxrx1/native", help="TFDS name/config")
     parser.add_argument("--split", default="test")
@@ -35,6 +46,7 @@ def well_outputs(arguments: argparse.Namespace, predictors: dict, **options):
     options = {**split_options(arguments), **options}
     if arguments.images:
         options.pop("builder")
+        options["target_size"] = arguments.images_size
         return raw_images.predict_source(predictors, arguments.images, **options)
     return inference.predict_split(predictors, arguments.data_dir, **options)
 

@@ -1,5 +1,7 @@
 """`python -m deepnoise_tf.embed --model DIR --data_dir TFDS_DIR --split test --output wells.npz`.
 
+(`--images DIR` instead of `--data_dir` reads an RxRx1 source folder's PNGs, no TFDS build needed.)
+
 Per-well embeddings of any SavedModel of this package, for phenotype analysis (clustering siRNAs,
 comparing knock-downs across cell types) rather than classification: the mean of the well's site
 embeddings (optionally over the 8 dihedral views too), re-normalized to unit length, since the
@@ -118,6 +120,7 @@ def provenance_of(arguments, predictor) -> dict:
         "source": str(arguments.images or arguments.data_dir),
         "source_kind": "images" if arguments.images else "tfds",
         "builder": "" if arguments.images else arguments.builder,
+        "images_size": int(arguments.images_size or 0),  # 0: native
         "split": arguments.split,
         "deepnoise_tf_version": deepnoise_tf.__version__,
     }

@@ -10,9 +10,14 @@ default). When the predicted wells carry labels (the release layout, the synthet
 overall and per cell type, before and after post-processing, is printed and written to
 `<output stem>_accuracy.csv`.
 
+`--images DIR` reads an RxRx1 source folder's PNGs instead of a TFDS build (the plate statistics are
+computed on the fly, `deepnoise_tf.raw_images`). When the siRNA names are known (the export's class
+names, or a release-layout `--images` folder), `<output stem>_predictions.csv` adds `sirna_name`.
+
 Example:
     python -m deepnoise_tf.predict --model workdir/export --data_dir ~/tensorflow_datasets \\
         --split test --output submission.csv --tta
+    python -m deepnoise_tf.predict --model workdir/export --images /data/rxrx1 --output submission.csv
 """
 
 from __future__ import annotations

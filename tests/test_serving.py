@@ -109,6 +109,23 @@ def test_source_statistics_equal_the_built_data_set(built):
     np.testing.assert_allclose(pooled[key][1], pixels.astype(np.float64).std(0), rtol=1e-12)
 
 
+def test_images_size_pools_area_averaged_pixels_as_that_build_would(built):
+    """`--images_size N`: statistics of the pixels `rxrx1/N` would store (2x2 area means, rounded
+    half up), never of upsampled ones."""
+    data_dir, builder, source_dir = built
+    assert raw_images.read_sites(source_dir, 4 * IMAGE_SIZE)[1].target_size is None
+    half = IMAGE_SIZE // 2
+    statistics = raw_images.source_statistics(source_dir, half)
+    sites = all_sites(data_dir, builder)
+    keys = [f"plate/{e}_{p}" for e, p in zip(sites["experiment"], sites["plate"], strict=True)]
+    blocks = sites["image"].astype(np.int64).reshape(-1, half, 2, half, 2, constants.NUM_CHANNELS)
+    small = (2 * blocks.sum(axis=(2, 4)) + 4) // 8
+    key = keys[0]
+    pixels = small[np.asarray(keys) == key].reshape(-1, constants.NUM_CHANNELS).astype(np.float64)
+    np.testing.assert_allclose(statistics[key][0], pixels.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(statistics[key][1], pixels.std(0), rtol=1e-12)
+
+
 def test_pooled_statistics_rejects_images_that_are_not_six_channel_uint8():
     with pytest.raises(ValueError, match="uint8"):
         raw_images.pooled_statistics([("plate/x", np.zeros((4, 4, 6), np.float32))])
