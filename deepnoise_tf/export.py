@@ -11,6 +11,9 @@ neither this package nor any custom object to load (`tf.saved_model.load`, `save
 
 from __future__ import annotations
 
+import pathlib
+import shutil
+
 import keras
 import tensorflow as tf
 
@@ -49,13 +52,35 @@ def serving_outputs(networks, image, mean, std, *, image_size: int) -> dict:
     return {"probabilities": probabilities, "logits": mean_logits, "embedding": embedding}
 
 
-def export_saved_model(networks, path: str, *, image_size: int, normalization: str) -> str:
-    """Writes the SavedModel of `networks` (a list of (backbone, head), averaged) to `path`."""
+def export_saved_model(
+    networks,
+    path: str,
+    *,
+    image_size: int,
+    normalization: str,
+    class_names=None,
+    serving_version: int | None = None,
+) -> str:
+    """Writes the SavedModel of `networks` (a list of (backbone, head), averaged) to `path`.
+
+    Args:
+      class_names: the name of each of the 1108 siRNA classes for the `metadata` signature (e.g.
+        `class_names_from({id: name})`); default the ids "0".."1107".
+      serving_version: write to `path/<version>/` instead, the layout TF Serving watches (a new
+        version is a new folder, so a server switches models without a restart).
+
+    Returns:
+      The folder holding `saved_model.pb`.
+    """
+    if serving_version is not None:
+        path = serving_path(path, serving_version)
     archive = keras.export.ExportArchive()
     for backbone, head in networks:
         archive.track(backbone)
         archive.track(head)
-    class_names = sirna_class_names()
+    class_names = list(sirna_class_names() if class_names is None else class_names)
+    if len(class_names) != constants.NUM_SIRNAS:
+        raise ValueError(f"need {constants.NUM_SIRNAS} class names, got {len(class_names)}")
 
     def serve(image, mean, std):
         return serving_outputs(networks, image, mean, std, image_size=image_size)
@@ -98,10 +123,11 @@ def check_compatible(configs) -> tuple[int, str]:
     return sizes.pop(), normalizations.pop()
 
 
-def export_run_folders(run_folders, output) -> str:
+def export_run_folders(run_folders, output, **options) -> str:
     """Exports the inference networks of training folders as one SavedModel (an ensemble if several).
 
     Each folder's network is rebuilt from its `config.json` and its best (else last) checkpoint.
+    `options`: `export_saved_model`'s class_names and serving_version.
     """
     from deepnoise_tf import factory, workdir
 
@@ -110,4 +136,43 @@ def export_run_folders(run_folders, output) -> str:
     configs = [workdir.read_config(folder) for folder in run_folders]
     image_size, normalization = check_compatible(configs)
     networks = [factory.load_inference_network(folder)[1] for folder in run_folders]
-    return export_saved_model(networks, str(output), image_size=image_size, normalization=normalization)
+    return export_saved_model(
+        networks, str(output), image_size=image_size, normalization=normalization, **options
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Class names and the TF Serving layout
+
+
+def class_names_from(names: dict, num_sirnas: int = constants.NUM_SIRNAS) -> list[str]:
+    """The export's class names from `{sirna id: name}` (e.g. `raw_images.sirna_names`).
+
+    Ids the mapping lacks keep their id as name, so a partial source still yields one name per class.
+    """
+    return [str(names.get(index, index)) for index in range(num_sirnas)]
+
+
+def serving_path(base, version: int) -> str:
+    """`base/<version>`: where TF Serving (`--model_base_path=base`) looks for a model version."""
+    version = int(version)
+    if version < 0:
+        raise ValueError(f"a TF Serving version is a non-negative integer, got {version}")
+    return str(pathlib.Path(base) / str(version))
+
+
+def copy_to_serving_layout(export_dir, base, version: int) -> str:
+    """Copies an existing export (e.g. a training folder's `export/`) to `base/<version>/`.
+
+    Refuses to overwrite a version: TF Serving may be serving it, and versions are immutable.
+    """
+    if not (pathlib.Path(export_dir) / "saved_model.pb").exists():
+        raise FileNotFoundError(f"{export_dir} holds no saved_model.pb")
+    target = pathlib.Path(serving_path(base, version))
+    if target.exists():
+        raise FileExistsError(f"{target} exists; pick a new version number")
+    staging = target.with_name(f".{target.name}.incomplete")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(export_dir, staging)
+    staging.rename(target)  # a server polling `base` never sees a half-copied version
+    return str(target)

@@ -15,6 +15,7 @@ test-time augmentation"). predict, embed, report, the pipeline and the ablation 
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 
 import numpy as np
 import pandas as pd
@@ -37,7 +38,15 @@ class Predictor:
 
 
 def load_export(path) -> Predictor:
-    """Loads a SavedModel written by `export.export_saved_model` (no custom objects needed)."""
+    """Loads a SavedModel written by `export.export_saved_model` (no custom objects needed).
+
+    `path` is the export itself or a TF Serving base folder (`path/<version>/saved_model.pb`; the
+    highest version is loaded, as TF Serving does).
+
+    Security: a SavedModel is a program, not data. Loading runs its TensorFlow graph, which can read
+    and write files on this machine; load only exports you or someone you trust wrote.
+    """
+    path = resolve_export(path)
     loaded = tf.saved_model.load(str(path))
     for name in ("serving_default", "metadata"):
         if name not in loaded.signatures:
@@ -286,3 +295,34 @@ def predict_split(
     if options.get("progress") and not (experiments or cell_types):
         options.setdefault("total", site_count(data_dir, builder, split))
     return predict_wells(predictors, batches, **options)
+
+
+# ------------------------------------------------------------------------------------------------
+# Export layouts and class names
+
+
+def resolve_export(path) -> pathlib.Path:
+    """The folder holding `saved_model.pb`: `path` itself, or its highest numeric version folder
+    (the TF Serving layout `path/<version>/`); a clear error otherwise."""
+    path = pathlib.Path(path)
+    if (path / "saved_model.pb").exists():
+        return path
+    versions = [
+        child
+        for child in (path.iterdir() if path.is_dir() else ())
+        if child.name.isdigit() and (child / "saved_model.pb").exists()
+    ]
+    if not versions:
+        raise FileNotFoundError(
+            f"{path} holds no saved_model.pb, neither directly nor in a version folder <n>/"
+        )
+    return max(versions, key=lambda child: int(child.name))
+
+
+def sirna_names(predictor: Predictor) -> dict[int, str]:
+    """`{sirna id: name}` the export carries; empty when its class names are just the ids."""
+    return {
+        index: name
+        for index, name in enumerate(predictor.class_names)
+        if name != str(index)
+    }

@@ -8,12 +8,16 @@ plate prior is applied (`deepnoise_tf.evaluation`: siRNA groups derived from the
 labels, each test experiment's plate rotation inferred from the predictions; exact assignment by
 default). When the predicted wells carry labels (the release layout, the synthetic data), accuracy
 overall and per cell type, before and after post-processing, is printed and written to
-`<output stem>_accuracy.csv`. Without `--builder`, the one `rxrx1` config built in `--data_dir` is
-read. The flags, the model folder, the output path and the splits are checked before any work.
+`<output stem>_accuracy.csv`.
+
+`--images DIR` reads an RxRx1 source folder's PNGs instead of a TFDS build (the plate statistics are
+computed on the fly, `deepnoise_tf.raw_images`). When the siRNA names are known (the export's class
+names, or a release-layout `--images` folder), `<output stem>_predictions.csv` adds `sirna_name`.
 
 Example:
     python -m deepnoise_tf.predict --model workdir/export --data_dir ~/tensorflow_datasets \\
         --split test --output submission.csv --tta
+    python -m deepnoise_tf.predict --model workdir/export --images /data/rxrx1 --output submission.csv
 """
 
 from __future__ import annotations
@@ -37,6 +41,18 @@ def write_submission(predictions: pd.DataFrame, path) -> pathlib.Path:
 def accuracy_path(output) -> pathlib.Path:
     output = pathlib.Path(output)
     return output.with_name(f"{output.stem}_accuracy.csv")
+
+
+def write_named_predictions(predictions: pd.DataFrame, submission) -> pathlib.Path:
+    """`<submission stem>_predictions.csv`: id_code, sirna (id) and sirna_name of each prediction.
+
+    The submission itself stays Kaggle's `id_code,sirna`; the names go beside it.
+    """
+    path = pathlib.Path(submission)
+    path = path.with_name(f"{path.stem}_predictions.csv")
+    table = predictions[["id_code", "prediction", "sirna_name"]].rename(columns={"prediction": "sirna"})
+    table.to_csv(path, index=False)
+    return path
 
 
 def parse_arguments(argv):
@@ -67,25 +83,22 @@ def main(argv=None) -> pd.DataFrame:
     quiet.configure(argv)
     parser, arguments = parse_arguments(argv)
     # TensorFlow loads here, after quiet.configure and the checks that need no data.
-    from deepnoise_tf import data, inference
+    from deepnoise_tf import inference
 
-    arguments.builder = cli.resolve_builder(parser, arguments.data_dir, arguments.builder)
     splits = {"--split": arguments.split, "--groups_split": arguments.groups_split}
-    cli.check_splits(parser, arguments.data_dir, arguments.builder, splits)
-    options = cli.split_options(arguments)
-    outputs = inference.predict_split(
-        {"model": inference.load_export(arguments.model)}, arguments.data_dir, **options
-    )
-    groups = None
-    if arguments.groups_split:
-        groups = data.sirna_groups_from_split(
-            arguments.data_dir, options["builder"], arguments.groups_split
-        )
+    cli.check_source(parser, arguments, splits)
+    predictor = inference.load_export(arguments.model)
+    outputs = cli.well_outputs(arguments, {"model": predictor})
+    groups = cli.sirna_groups(arguments, arguments.groups_split) if arguments.groups_split else None
     predictions = evaluation.well_predictions(
         outputs.wells, outputs.logits["model"], method=arguments.postprocess, sirna_groups=groups
     )
+    predictions = cli.with_sirna_names(predictions, cli.sirna_names(arguments, predictor), "prediction")
     path = write_submission(predictions, arguments.output)
     print(f"[deepnoise] wrote {len(predictions)} treatment wells to {path}", flush=True)
+    if "sirna_name" in predictions:
+        named = write_named_predictions(predictions, path)
+        print(f"[deepnoise] predictions with siRNA names written to {named}", flush=True)
     report = evaluation.accuracy_report(predictions, arguments.postprocess)
     if report is not None:
         report.to_csv(accuracy_path(path), index=False)
