@@ -112,7 +112,9 @@ def main(argv=None):
 
     rows = []
     with tempfile.TemporaryDirectory() as directory:
-        loaded = inference.load_export(build_export(args.backbone, args.size, args.width, directory))
+        loaded = inference.load_export(
+            build_export(args.backbone, args.size, args.width, directory)
+        )
         for batch_size in batch_sizes:
             plain, plain_first = time_inference(loaded, args.size, batch_size, False, args.steps)
             views, views_first = time_inference(loaded, args.size, batch_size, True, args.steps)

@@ -258,7 +258,9 @@ def _backend_version() -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--architectures", type=comma_list(str), default=list(models.backbone_names()))
+    parser.add_argument(
+        "--architectures", type=comma_list(str), default=list(models.backbone_names())
+    )
     parser.add_argument("--sizes", type=comma_list(int), default=[128, 512])
     parser.add_argument("--widths", type=comma_list(float), default=[1.0])
     parser.add_argument("--batch", type=int, default=8)

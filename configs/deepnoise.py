@@ -41,7 +41,9 @@ def get_config(variant: str = ""):
     config.pipeline.postprocess = "assign"  # assign (exact, default) | balance (greedy) | none
     config.pipeline.tta = False  # average the 8 dihedral views when predicting (8x the cost)
     config.pipeline.eval_batch_size = 64
-    config.pipeline.finetune = True  # per-cell-type fine-tuning of the selected round (paper Fig. 5B)
+    config.pipeline.finetune = (
+        True  # per-cell-type fine-tuning of the selected round (paper Fig. 5B)
+    )
     config.pipeline.finetune_cell_types = ()  # () = config.data.cell_types, else all four
 
     if arg.own_teacher:

@@ -30,7 +30,9 @@ def labelled_groups(config) -> np.ndarray:
         exclude_experiments=tuple(config.data.val_experiments),
     )  # fmt: skip
     if groups is None:
-        raise ValueError("no labelled treatment wells outside the validation experiments: no plate groups")
+        raise ValueError(
+            "no labelled treatment wells outside the validation experiments: no plate groups"
+        )
     return groups
 
 
@@ -59,7 +61,9 @@ def summary_table(results: pd.DataFrame, members, method: str) -> pd.DataFrame:
 def run_round(context: stages.Context, round_index: int, evaluations: list[dict]) -> dict:
     """One round: pseudo labels from the rounds before (r >= 1), both models trained (continuing
     from the previous round's checkpoint), then evaluated; returns the evaluation record."""
-    pseudo_paths = stages.pseudo_label_stage(context, round_index, evaluations) if round_index else {}
+    pseudo_paths = (
+        stages.pseudo_label_stage(context, round_index, evaluations) if round_index else {}
+    )
     run_folders = {}
     for backbone in context.members:
         initial = None
@@ -78,7 +82,9 @@ def run_round(context: stages.Context, round_index: int, evaluations: list[dict]
     return stages.evaluate_stage(context, str(round_index), directory, run_folders)
 
 
-def write_results(context: stages.Context, evaluations, finetuned, export_record, selected: int) -> dict:
+def write_results(
+    context: stages.Context, evaluations, finetuned, export_record, selected: int
+) -> dict:
     """`results.csv`, `results_by_cell_type.csv` and the printed summary; returns the outcome."""
     workdir, config = context.workdir, context.config
     all_evaluations = evaluations + ([finetuned["evaluation"]] if finetuned else [])
@@ -101,7 +107,8 @@ def write_results(context: stages.Context, evaluations, finetuned, export_record
         "export": os.path.join(workdir, "export"),
         "finetune_dir": finetuned["directory"] if finetuned else None,
         "finetuned_exports": {
-            cell: os.path.join(workdir, "export_finetuned", cell) for cell in export_record["finetuned"]
+            cell: os.path.join(workdir, "export_finetuned", cell)
+            for cell in export_record["finetuned"]
         },
         "results": os.path.join(workdir, RESULTS_FILE),
         "summary": summary.reset_index(names="round").to_dict(orient="records"),
@@ -120,7 +127,9 @@ def run(config, workdir: str) -> dict:
     index = data.index_splits(config.data)
     if not index.test_experiments:
         raise ValueError("the test split has no experiments: nothing to pseudo-label")
-    context = stages.Context(config, workdir, labelled_groups(config), tuple(index.test_experiments))
+    context = stages.Context(
+        config, workdir, labelled_groups(config), tuple(index.test_experiments)
+    )
     stages.log(
         f"{len(context.members)} models {list(context.members)}, {pipeline.pseudo_label_rounds} pseudo-label "
         f"round(s), post-processing {pipeline.postprocess!r}, pseudo labels from "

@@ -406,6 +406,5 @@ def hard_view(images, seed, parameters=ViewParameters()):
     return random_resized_crop(images, _split_seed(seed, 4)[_CROP_SLOT], side=parameters.crop_side)
 
 
-
 # The three training views by name (paper, Method, "Training details"): `MeanTeacher`'s default.
 VIEWS = {"easy": easy_view, "normal": normal_view, "hard": hard_view}

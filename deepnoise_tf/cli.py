@@ -172,7 +172,9 @@ def check_splits(
                 )
 
 
-def check_source(parser: argparse.ArgumentParser, arguments: argparse.Namespace, splits: Mapping[str, str]) -> None:
+def check_source(
+    parser: argparse.ArgumentParser, arguments: argparse.Namespace, splits: Mapping[str, str]
+) -> None:
     """The checks of `--data_dir` (the built config, the named splits) or of `--images` (a folder)."""
     if arguments.images:
         if not pathlib.Path(arguments.images).is_dir():

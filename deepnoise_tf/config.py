@@ -60,7 +60,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.data_dir = ""  # TFDS data dir; "" = TFDS's default (~/tensorflow_datasets)
     config.data.builder = "rxrx1"  # TFDS name[/config], e.g. "rxrx1/256"
-    config.data.image_size = constants.IMAGE_SIZE  # images are resized on the host if stored otherwise
+    config.data.image_size = (
+        constants.IMAGE_SIZE
+    )  # images are resized on the host if stored otherwise
     config.data.normalization = "plate"  # plate | experiment | cell_type | none (paper Fig. 3A)
     # Training only: mean and std each x (1 + U(-j, j)), per channel and sample (the public code;
     # the paper's eqs. 1-3 normalize with the exact statistics).
@@ -70,7 +72,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.data.val_experiments = ("HEPG2-07", "HUVEC-16", "RPE-07", "U2OS-03")
     config.data.cell_types = ()  # () = all; e.g. ("U2OS",) for per-cell-type fine-tuning
     config.data.shuffle_buffer = 2048
-    config.data.synthetic_preset = ""  # non-empty: generate this synthetic RxRx1 into data_dir first
+    config.data.synthetic_preset = (
+        ""  # non-empty: generate this synthetic RxRx1 into data_dir first
+    )
 
     config.model = ml_collections.ConfigDict()
     config.model.backbone = "xception"  # xception | xception_wide
@@ -85,7 +89,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.model.dropout = 0.5  # softmax head only
     config.model.sync_batch_norm = True  # identical BN statistics on every replica
     config.model.batch_norm_momentum = 0.99  # Keras's Xception default
-    config.model.imagenet_weights = ""  # local path to Keras's Xception ImageNet weights, "" = scratch
+    config.model.imagenet_weights = (
+        ""  # local path to Keras's Xception ImageNet weights, "" = scratch
+    )
     config.model.num_classes = constants.NUM_CLASSES
 
     config.mean_teacher = ml_collections.ConfigDict()
@@ -94,7 +100,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.mean_teacher.rampup_epochs = 5.0
     # Paper: labelled-only ArcFace training first, then the consistency loss; 0 = from the start.
     config.mean_teacher.consistency_start_epoch = 0.0
-    config.mean_teacher.labelled_share = 0.5  # fixed labelled fraction of every batch (paper: 1/4 or 1/2)
+    config.mean_teacher.labelled_share = (
+        0.5  # fixed labelled fraction of every batch (paper: 1/4 or 1/2)
+    )
     # Teacher EMA decay (Tarvainen & Valpola 2017) in epoch 1, <=10, <=20, later (public code).
     config.mean_teacher.ema_decays = (0.5, 0.9, 0.99, 0.999)
     config.mean_teacher.ema_epoch_boundaries = (1, 10, 20)
@@ -196,7 +204,9 @@ def ablation_scale_settings(scale: str) -> dict[str, Any]:
     return dict(_ABLATION_SCALE_SETTINGS[scale])
 
 
-def apply_ablation_scale(config: ml_collections.ConfigDict, scale: str) -> ml_collections.ConfigDict:
+def apply_ablation_scale(
+    config: ml_collections.ConfigDict, scale: str
+) -> ml_collections.ConfigDict:
     """Sets the fields of the ablation scale `scale` in `config` (in place) and returns it."""
     settings = ablation_scale_settings(scale)
     with config.unlocked():
@@ -233,7 +243,9 @@ def _segment(tokens: list[str], allowed: Sequence[str]) -> list[str] | None:
 def _unknown_word(tokens: list[str], allowed: Sequence[str]) -> str:
     """The first stretch of `tokens` that no segmentation into allowed words can cover."""
     start = max(i for i in range(len(tokens) + 1) if _segment(tokens[:i], allowed) is not None)
-    end = min(j for j in range(start + 1, len(tokens) + 1) if _segment(tokens[j:], allowed) is not None)
+    end = min(
+        j for j in range(start + 1, len(tokens) + 1) if _segment(tokens[j:], allowed) is not None
+    )
     return "_".join(tokens[start:end])
 
 
@@ -253,7 +265,9 @@ def parse_variant(variant: str, allowed: Sequence[str]) -> ml_collections.Config
         if not allowed:
             raise VariantError(f"this config takes no variant, got {variant!r}")
         if not part:
-            raise VariantError(f"variant {variant!r} has an empty word; valid: {', '.join(allowed)}")
+            raise VariantError(
+                f"variant {variant!r} has an empty word; valid: {', '.join(allowed)}"
+            )
         tokens = part.split("_")
         segmented = _segment(tokens, allowed)
         if segmented is None:
@@ -290,20 +304,32 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         ("train.strategy", config.train.strategy, STRATEGIES),
         ("train.optimizer", config.train.optimizer, OPTIMIZERS),
         ("train.mixed_precision", config.train.mixed_precision, MIXED_PRECISIONS),
-        ("mean_teacher.pseudo_label_source", config.mean_teacher.pseudo_label_source, PSEUDO_LABEL_SOURCES),
-        ("mean_teacher.teacher_statistics", config.mean_teacher.teacher_statistics, constants.TEACHER_STATISTICS),
+        (
+            "mean_teacher.pseudo_label_source",
+            config.mean_teacher.pseudo_label_source,
+            PSEUDO_LABEL_SOURCES,
+        ),
+        (
+            "mean_teacher.teacher_statistics",
+            config.mean_teacher.teacher_statistics,
+            constants.TEACHER_STATISTICS,
+        ),
     ]
     for field, value, valid in checks:
         if value not in valid:
             raise ValueError(f"config.{field}={value!r} is not one of {list(valid)}")
     for cell_type in config.data.cell_types:
         if cell_type not in constants.CELL_TYPES:
-            raise ValueError(f"config.data.cell_types: {cell_type!r} is not one of {list(constants.CELL_TYPES)}")
+            raise ValueError(
+                f"config.data.cell_types: {cell_type!r} is not one of {list(constants.CELL_TYPES)}"
+            )
     share = config.mean_teacher.labelled_share
     if config.mean_teacher.enabled and not 0.0 < share <= 1.0:
         raise ValueError(f"config.mean_teacher.labelled_share={share} must be in (0, 1]")
     if len(config.train.learning_rates) != len(config.train.lr_epoch_boundaries) + 1:
-        raise ValueError("config.train.learning_rates needs one more value than train.lr_epoch_boundaries")
+        raise ValueError(
+            "config.train.learning_rates needs one more value than train.lr_epoch_boundaries"
+        )
     _check_learning_rates(config)
     if config.model.get("arcface_margin_warmup_epochs", 0.0) < 0:
         raise ValueError("config.model.arcface_margin_warmup_epochs must be >= 0")
@@ -317,8 +343,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def _check_learning_rates(config: ml_collections.ConfigDict) -> None:
     """Every learning rate >= 0: a negative one would climb the loss instead of descending it."""
     finetune = config.get("finetune", {})
-    rates = [(f"train.learning_rates[{i}]", rate) for i, rate in enumerate(config.train.learning_rates)]
-    rates += [(f"finetune.{name}", finetune[name]) for name in FINETUNE_LEARNING_RATES if name in finetune]
+    rates = [
+        (f"train.learning_rates[{i}]", rate) for i, rate in enumerate(config.train.learning_rates)
+    ]
+    rates += [
+        (f"finetune.{name}", finetune[name]) for name in FINETUNE_LEARNING_RATES if name in finetune
+    ]
     for field, rate in rates:
         if not rate >= 0:  # also catches NaN
             raise ValueError(f"config.{field}={rate} must be >= 0")
@@ -339,7 +369,9 @@ def bundled_configs_dir() -> pathlib.Path:
 
 def bundled_config_names() -> list[str]:
     """The file names `--config` accepts on their own, e.g. `quickstart.py`."""
-    return sorted(file.name for file in bundled_configs_dir().glob("*.py") if not file.name.startswith("_"))
+    return sorted(
+        file.name for file in bundled_configs_dir().glob("*.py") if not file.name.startswith("_")
+    )
 
 
 def resolve_config_file(path: str) -> pathlib.Path:
@@ -417,7 +449,9 @@ def _unknown_field_message(path: str, valid: list[str]) -> str:
     return f"unknown config field {path!r}; the sections are {', '.join(sections)}"
 
 
-def _set_field(config: ml_collections.ConfigDict, path: str, value: Any, text: str | None = None) -> None:
+def _set_field(
+    config: ml_collections.ConfigDict, path: str, value: Any, text: str | None = None
+) -> None:
     """Sets the existing dotted field `path` (config unlocked), converting `value` to its type.
 
     `text` is the command-line spelling of `value`: a string field takes it as it is.
@@ -445,7 +479,9 @@ def _set_field(config: ml_collections.ConfigDict, path: str, value: Any, text: s
         ) from error
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> ml_collections.ConfigDict:
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: dict[str, str]
+) -> ml_collections.ConfigDict:
     """Sets dotted fields from their command-line text (a Python literal, or a bare string).
 
     Raises:
@@ -464,4 +500,3 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
 def to_json(config: ml_collections.ConfigDict) -> str:
     """The config as JSON: written next to every run so it can be reproduced."""
     return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
-

@@ -38,11 +38,15 @@ def argument_parser(prog: str, description: str) -> argparse.ArgumentParser:
         "by commas; the file's docstring lists them), or the name alone of a bundled config, from "
         f"any folder: {names}. Override fields with --config.a.b=value, e.g. --config.train.epochs=3",
     )
-    parser.add_argument("--workdir", required=True, help="where checkpoints, logs and the export go")
+    parser.add_argument(
+        "--workdir", required=True, help="where checkpoints, logs and the export go"
+    )
     return parser
 
 
-def split_overrides(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+def split_overrides(
+    parser: argparse.ArgumentParser, argv: Sequence[str]
+) -> tuple[list[str], dict[str, str]]:
     """(the other arguments, {dotted field: text}) from `argv`; a malformed override is a CLI error.
 
     Overrides are taken out before argparse sees them: argparse would read a value with a space,

@@ -170,7 +170,9 @@ class SplitIndex:
 def split_names(data_config) -> tuple[str, ...]:
     """The splits the built data set holds (a supervised run needs only `train`)."""
     register_builder()
-    return tuple(tfds.builder(data_config.builder, data_dir=data_config.data_dir or None).info.splits)
+    return tuple(
+        tfds.builder(data_config.builder, data_dir=data_config.data_dir or None).info.splits
+    )
 
 
 def index_splits(data_config) -> SplitIndex:
@@ -205,7 +207,9 @@ def index_splits(data_config) -> SplitIndex:
         )
     labelled = sum(len(w) for e, w in train_wells.items() if e not in val)
     if labelled == 0:
-        raise ValueError("no labelled training wells left after removing the validation experiments")
+        raise ValueError(
+            "no labelled training wells left after removing the validation experiments"
+        )
     return SplitIndex(
         labelled_wells=labelled,
         unlabelled_wells=sum(len(w) for w in test_wells.values()),
@@ -215,14 +219,20 @@ def index_splits(data_config) -> SplitIndex:
     )
 
 
-def _training_stream(data_config, split, *, labelled, seed, experiments_excluded, pseudo_labels=None):
+def _training_stream(
+    data_config, split, *, labelled, seed, experiments_excluded, pseudo_labels=None
+):
     """An endless, reshuffled-every-epoch stream of one-site-per-well samples."""
     base = load_sites(data_config, split, with_labels=labelled, shuffle_files=True, seed=seed)
-    base = select_experiments(base, exclude=experiments_excluded, cell_types=tuple(data_config.cell_types))
+    base = select_experiments(
+        base, exclude=experiments_excluded, cell_types=tuple(data_config.cell_types)
+    )
 
     def one_epoch(epoch):
         epoch_data = one_site_per_well(base, seed, epoch)
-        return epoch_data.shuffle(data_config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        return epoch_data.shuffle(
+            data_config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True
+        )
 
     stream = tf.data.Dataset.counter().flat_map(one_epoch)
     return stream.map(
@@ -264,7 +274,9 @@ def labelled_batch_size(batch_size: int, labelled_share: float, num_replicas: in
     return labelled * num_replicas
 
 
-def training_dataset(config, *, num_replicas: int = 1, pseudo_labels=None, skip_batches: int = 0) -> tf.data.Dataset:
+def training_dataset(
+    config, *, num_replicas: int = 1, pseudo_labels=None, skip_batches: int = 0
+) -> tf.data.Dataset:
     """Endless batches of the global batch size for `model.fit(steps_per_epoch=...)`.
 
     Labelled rows: the train split minus the validation experiments. With the mean teacher, each
@@ -283,10 +295,14 @@ def _training_batches(config, num_replicas: int, pseudo_labels) -> tf.data.Datas
     """The endless batches of `training_dataset`, before skipping and prefetching."""
     data_config, batch_size = config.data, config.train.batch_size
     if batch_size % num_replicas:
-        raise ValueError(f"train.batch_size={batch_size} is not divisible by the {num_replicas} replicas")
+        raise ValueError(
+            f"train.batch_size={batch_size} is not divisible by the {num_replicas} replicas"
+        )
     seed = config.train.seed
     val = tuple(data_config.val_experiments)
-    labelled_stream = _training_stream(data_config, "train", labelled=True, seed=seed, experiments_excluded=val)
+    labelled_stream = _training_stream(
+        data_config, "train", labelled=True, seed=seed, experiments_excluded=val
+    )
     if not config.mean_teacher.enabled or config.mean_teacher.labelled_share >= 1.0:
         return labelled_stream.batch(batch_size, drop_remainder=True)
     if "test" not in split_names(data_config):
@@ -297,7 +313,12 @@ def _training_batches(config, num_replicas: int, pseudo_labels) -> tf.data.Datas
         )
     n_labelled = labelled_batch_size(batch_size, config.mean_teacher.labelled_share, num_replicas)
     unlabelled_stream = _training_stream(
-        data_config, "test", labelled=False, seed=seed + 1, experiments_excluded=(), pseudo_labels=pseudo_labels
+        data_config,
+        "test",
+        labelled=False,
+        seed=seed + 1,
+        experiments_excluded=(),
+        pseudo_labels=pseudo_labels,
     )
     return interleave_per_replica(
         labelled_stream.batch(n_labelled, drop_remainder=True),
@@ -306,7 +327,9 @@ def _training_batches(config, num_replicas: int, pseudo_labels) -> tf.data.Datas
     )
 
 
-def evaluation_dataset(config, *, split: str = "train", experiments=None, with_labels=True, batch_size=None):
+def evaluation_dataset(
+    config, *, split: str = "train", experiments=None, with_labels=True, batch_size=None
+):
     """Every site (both per well) of the given experiments, in order, with identifiers.
 
     Default: the validation experiments of the train split. `with_labels=False` never decodes labels.
@@ -314,11 +337,16 @@ def evaluation_dataset(config, *, split: str = "train", experiments=None, with_l
     data_config = config.data
     experiments = tuple(data_config.val_experiments) if experiments is None else tuple(experiments)
     dataset = load_sites(data_config, split, with_labels=with_labels, with_ids=True)
-    dataset = select_experiments(dataset, include=experiments, cell_types=tuple(data_config.cell_types))
+    dataset = select_experiments(
+        dataset, include=experiments, cell_types=tuple(data_config.cell_types)
+    )
 
     def sample(example):
         out = to_sample(
-            example, normalization=data_config.normalization, image_size=data_config.image_size, labelled=with_labels
+            example,
+            normalization=data_config.normalization,
+            image_size=data_config.image_size,
+            labelled=with_labels,
         )
         out.pop("pseudo_label")
         for name in ID_FEATURES:

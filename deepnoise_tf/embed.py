@@ -77,7 +77,9 @@ def main(argv=None) -> pathlib.Path:
     wells = cli.with_sirna_names(outputs.wells, cli.sirna_names(arguments, predictor), "label")
     provenance = provenance_of(arguments, predictor)
     path = write_embeddings(wells, embeddings, arguments.output, provenance)
-    print(f"[deepnoise] wrote {len(outputs.wells)} well embeddings of size {embeddings.shape[1]} to {path}")
+    print(
+        f"[deepnoise] wrote {len(outputs.wells)} well embeddings of size {embeddings.shape[1]} to {path}"
+    )
     return path
 
 
@@ -92,7 +94,9 @@ def import_anndata():
     return anndata
 
 
-def write_h5ad(anndata, wells: pd.DataFrame, embeddings: np.ndarray, path, provenance: dict) -> None:
+def write_h5ad(
+    anndata, wells: pd.DataFrame, embeddings: np.ndarray, path, provenance: dict
+) -> None:
     """AnnData: `X` [W, D] float32, `obs` one row per well indexed by id_code, `uns["deepnoise"]`.
 
     The truth column is `sirna` (the siRNA id, -1 unknown), as in the RxRx1 metadata, not the

@@ -51,7 +51,10 @@ def main(argv=None) -> str:
         class_names=class_names,
         serving_version=arguments.serving_version,
     )
-    print(f"[deepnoise] exported an ensemble of {len(arguments.workdirs)} models to {path}", flush=True)
+    print(
+        f"[deepnoise] exported an ensemble of {len(arguments.workdirs)} models to {path}",
+        flush=True,
+    )
     return path
 
 

@@ -50,7 +50,9 @@ def well_means(
     return unique[order], sums / counts.reshape((-1,) + (1,) * (site_values.ndim - 1))
 
 
-def aggregate_wells(sites: pd.DataFrame, site_values: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+def aggregate_wells(
+    sites: pd.DataFrame, site_values: np.ndarray
+) -> tuple[pd.DataFrame, np.ndarray]:
     """One row per well (`WELL_COLUMNS`, first-seen order) and the mean of its sites' values."""
     wells, values = well_means(site_values, sites["id_code"].to_numpy())
     first = sites.drop_duplicates("id_code").set_index("id_code").loc[wells].reset_index()
@@ -103,7 +105,11 @@ def well_predictions(
 
 
 def accuracy_table(
-    labels, predictions, groups, ignore_label: int | None = constants.UNKNOWN_LABEL, overall: str = "all"
+    labels,
+    predictions,
+    groups,
+    ignore_label: int | None = constants.UNKNOWN_LABEL,
+    overall: str = "all",
 ) -> pd.DataFrame:
     """Accuracy per group and overall (columns group, wells, correct, accuracy).
 
@@ -133,10 +139,15 @@ def accuracy_report(predictions: pd.DataFrame, method: str) -> pd.DataFrame | No
     labels = predictions["label"].to_numpy()
     if not (labels != constants.UNKNOWN_LABEL).any():
         return None
-    stages = (("raw", "raw_prediction"), (method if method != "none" else "plate_group", "prediction"))
+    stages = (
+        ("raw", "raw_prediction"),
+        (method if method != "none" else "plate_group", "prediction"),
+    )
     tables = []
     for stage, column in stages:
-        table = accuracy_table(labels, predictions[column].to_numpy(), predictions["cell_type"].to_numpy())
+        table = accuracy_table(
+            labels, predictions[column].to_numpy(), predictions["cell_type"].to_numpy()
+        )
         table.insert(0, "stage", stage)
         tables.append(table)
     return pd.concat(tables, ignore_index=True)

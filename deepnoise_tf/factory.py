@@ -71,7 +71,9 @@ def build_network(model_config, image_size: int, name: str) -> dict:
             name=f"{name}_head",
         )
     else:
-        head = layers.SoftmaxHead(model_config.num_classes, dropout=model_config.dropout, name=f"{name}_head")
+        head = layers.SoftmaxHead(
+            model_config.num_classes, dropout=model_config.dropout, name=f"{name}_head"
+        )
     head.build(backbone.output_shape)
     return {"backbone": backbone, "head": head}
 
@@ -86,7 +88,9 @@ def finetune_epoch_scale(config) -> float:
         )
     scales = dict(config.finetune.cycle_scale)
     if cell_types[0] not in scales:
-        raise ValueError(f"config.finetune.cycle_scale has no entry for {cell_types[0]!r}: {scales}")
+        raise ValueError(
+            f"config.finetune.cycle_scale has no entry for {cell_types[0]!r}: {scales}"
+        )
     return float(scales[cell_types[0]])
 
 
@@ -111,7 +115,9 @@ def learning_rate_schedule(config, steps_per_epoch: int):
             final_learning_rate=finetune.final_learning_rate,
             final_epochs=finetune.final_epochs,
         )
-    raise ValueError(f"config.train.optimizer={optimizer!r} is not one of {list(config_lib.OPTIMIZERS)}")
+    raise ValueError(
+        f"config.train.optimizer={optimizer!r} is not one of {list(config_lib.OPTIMIZERS)}"
+    )
 
 
 def build_optimizer(config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -122,7 +128,9 @@ def build_optimizer(config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     """
     schedule = learning_rate_schedule(config, steps_per_epoch)
     if config.train.optimizer == "adamw":
-        optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.train.weight_decay)
+        optimizer = keras.optimizers.AdamW(
+            learning_rate=schedule, weight_decay=config.train.weight_decay
+        )
     else:
         optimizer = keras.optimizers.SGD(
             learning_rate=schedule,
@@ -140,7 +148,11 @@ def build_model(config, steps_per_epoch: int) -> MeanTeacher:
         keras.mixed_precision.set_dtype_policy(config.train.mixed_precision)
     keras.utils.set_random_seed(config.train.seed)
     student = build_network(config.model, config.data.image_size, "student")
-    teacher = build_network(config.model, config.data.image_size, "teacher") if config.mean_teacher.enabled else None
+    teacher = (
+        build_network(config.model, config.data.image_size, "teacher")
+        if config.mean_teacher.enabled
+        else None
+    )
     mean_teacher = config.mean_teacher
     model = MeanTeacher(
         student,
@@ -157,7 +169,9 @@ def build_model(config, steps_per_epoch: int) -> MeanTeacher:
         teacher_statistics=mean_teacher.get("teacher_statistics", "ema"),
         seed=config.train.seed,
         margin_warmup_epochs=(
-            config.model.get("arcface_margin_warmup_epochs", 0.0) if config.model.head == "arcface" else 0.0
+            config.model.get("arcface_margin_warmup_epochs", 0.0)
+            if config.model.head == "arcface"
+            else 0.0
         ),
     )
     if teacher is not None:

@@ -33,11 +33,17 @@ def main(argv=None) -> dict[str, str]:
     quiet.configure(argv)
     parser = config_flags.argument_parser("python -m deepnoise_tf.finetune", __doc__.split("\n")[0])
     parser.add_argument("--init", required=True, help="the pretrained train.py workdir")
-    parser.add_argument("--cell_types", default="", help="comma-separated, e.g. U2OS,HUVEC (default: config.data.cell_types, or all four)")
+    parser.add_argument(
+        "--cell_types",
+        default="",
+        help="comma-separated, e.g. U2OS,HUVEC (default: config.data.cell_types, or all four)",
+    )
     known, config = config_flags.parse_arguments(parser, argv)
     from deepnoise_tf import finetuning  # TensorFlow: only after quiet.configure
 
-    exports = finetuning.run(config, known.workdir, init_workdir=known.init, cell_types=known.cell_types or None)
+    exports = finetuning.run(
+        config, known.workdir, init_workdir=known.init, cell_types=known.cell_types or None
+    )
     print(json.dumps(exports, indent=2), flush=True)
     return exports
 

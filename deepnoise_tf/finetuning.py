@@ -26,14 +26,18 @@ def cell_type_of(experiment: str) -> str:
     """RxRx1 experiments are named `<cell type>-<number>`, e.g. HUVEC-16."""
     cell_type = experiment.split("-")[0]
     if cell_type not in constants.CELL_TYPES:
-        raise ValueError(f"experiment {experiment!r} does not start with one of {list(constants.CELL_TYPES)}")
+        raise ValueError(
+            f"experiment {experiment!r} does not start with one of {list(constants.CELL_TYPES)}"
+        )
     return cell_type
 
 
 def finetune_epochs(finetune_config, cell_type: str) -> int:
     """cycles x cycle_epochs x r + final_epochs, rounded up to whole epochs (paper, "Fine-tuning")."""
     scale = float(dict(finetune_config.cycle_scale)[cell_type])
-    return math.ceil(finetune_config.cycles * finetune_config.cycle_epochs * scale + finetune_config.final_epochs)
+    return math.ceil(
+        finetune_config.cycles * finetune_config.cycle_epochs * scale + finetune_config.final_epochs
+    )
 
 
 def resolve_cell_types(config, cell_types=None) -> tuple[str, ...]:
@@ -46,7 +50,9 @@ def resolve_cell_types(config, cell_types=None) -> tuple[str, ...]:
         if cell_type not in constants.CELL_TYPES:
             raise ValueError(f"cell type {cell_type!r} is not one of {list(constants.CELL_TYPES)}")
         if cell_type not in scales:
-            raise ValueError(f"config.finetune.cycle_scale has no entry for {cell_type!r}: {scales}")
+            raise ValueError(
+                f"config.finetune.cycle_scale has no entry for {cell_type!r}: {scales}"
+            )
     if len(set(chosen)) != len(chosen):
         raise ValueError(f"cell types listed twice: {list(chosen)}")
     return chosen
@@ -61,7 +67,11 @@ def cell_type_config(config, cell_type: str):
     """The training config of one cell type's fine-tuning: its data only, SGD + cosine restarts."""
     result = copy.deepcopy(config)
     # Validation experiments of other cell types hold none of this cell type's wells.
-    validation = [experiment for experiment in config.data.val_experiments if cell_type_of(experiment) == cell_type]
+    validation = [
+        experiment
+        for experiment in config.data.val_experiments
+        if cell_type_of(experiment) == cell_type
+    ]
     with result.unlocked():
         result.data.cell_types = _like(config.data.cell_types, [cell_type])
         result.data.val_experiments = _like(config.data.val_experiments, validation)
@@ -80,7 +90,9 @@ def check_compatible(config, pretrained) -> None:
         if pretrained.model[field] != config.model[field]
     ]
     if different:
-        raise ValueError("the pretrained run's backbone does not fit this config: " + "; ".join(different))
+        raise ValueError(
+            "the pretrained run's backbone does not fit this config: " + "; ".join(different)
+        )
 
 
 def save_pretrained_backbone(init_workdir: str, path: str) -> str:
@@ -124,7 +136,10 @@ def run(config, workdir: str, *, init_workdir: str, cell_types=None) -> dict[str
         cell_dir = os.path.join(workdir, cell_type)
         exports[cell_type] = os.path.join(cell_dir, "export")
         if workdir_lib.read_done(cell_dir) is not None:
-            print(f"[deepnoise] fine-tuning {number}/{len(chosen)} {cell_type}: done before, skipped", flush=True)
+            print(
+                f"[deepnoise] fine-tuning {number}/{len(chosen)} {cell_type}: done before, skipped",
+                flush=True,
+            )
             continue
         if checkpoint is None:  # once per call, and only when something is left to train
             checkpoint = save_pretrained_backbone(init_workdir, backbone_path)
@@ -132,10 +147,15 @@ def run(config, workdir: str, *, init_workdir: str, cell_types=None) -> dict[str
         resuming = os.path.isdir(os.path.join(cell_dir, "backup"))
         print(
             f"[deepnoise] fine-tuning {number}/{len(chosen)} {cell_type}: {cell_config.train.epochs} epochs, "
-            f"backbone from {checkpoint}, fresh head" + (" (resuming from backup/)" if resuming else ""),
+            f"backbone from {checkpoint}, fresh head"
+            + (" (resuming from backup/)" if resuming else ""),
             flush=True,
         )
-        record = {"cell_type": cell_type, "init_workdir": init_workdir, "init_checkpoint": checkpoint}
+        record = {
+            "cell_type": cell_type,
+            "init_workdir": init_workdir,
+            "init_checkpoint": checkpoint,
+        }
         training.run(cell_config, cell_dir, initial_backbone=backbone_path, record=record)
         print(f"[deepnoise] fine-tuned {cell_type}: {exports[cell_type]}", flush=True)
     return exports

@@ -218,7 +218,9 @@ def predict_sites(
             image = batch["image"]
             if tta and image.shape[1] != image.shape[2]:
                 raise ValueError(f"test-time views need square images, got {image.shape[1:3]}")
-            for name, (batch_logits, batch_embedding) in run(image, batch["mean"], batch["std"]).items():
+            for name, (batch_logits, batch_embedding) in run(
+                image, batch["mean"], batch["std"]
+            ).items():
                 logits[name].append(batch_logits.numpy())
                 if with_embeddings:
                     embeddings[name].append(batch_embedding.numpy())
@@ -232,7 +234,9 @@ def predict_sites(
         sites[name] = _decoded(sites[name].to_numpy())
     logits = {name: np.concatenate(values) for name, values in logits.items()}
     embeddings = (
-        {name: np.concatenate(values) for name, values in embeddings.items()} if with_embeddings else None
+        {name: np.concatenate(values) for name, values in embeddings.items()}
+        if with_embeddings
+        else None
     )
     return sites, logits, embeddings
 
@@ -261,7 +265,9 @@ def predict_wells(
         embeddings = {}
         for name, values in site_embeddings.items():
             _, mean = evaluation.aggregate_wells(sites, values)
-            norms = np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), np.finfo(np.float64).tiny)
+            norms = np.maximum(
+                np.linalg.norm(mean, axis=1, keepdims=True), np.finfo(np.float64).tiny
+            )
             embeddings[name] = (mean / norms).astype(np.float32)
     return WellOutputs(wells, logits, embeddings)
 
@@ -321,8 +327,4 @@ def resolve_export(path) -> pathlib.Path:
 
 def sirna_names(predictor: Predictor) -> dict[int, str]:
     """`{sirna id: name}` the export carries; empty when its class names are just the ids."""
-    return {
-        index: name
-        for index, name in enumerate(predictor.class_names)
-        if name != str(index)
-    }
+    return {index: name for index, name in enumerate(predictor.class_names) if name != str(index)}

@@ -211,7 +211,9 @@ def build(backbone: str, input_shape=None, **kwargs) -> keras.Model:
     if backbone not in _BACKBONES:
         close = difflib.get_close_matches(backbone, _BACKBONES, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown backbone {backbone!r}.{hint} Valid backbones: {', '.join(_BACKBONES)}")
+        raise ValueError(
+            f"unknown backbone {backbone!r}.{hint} Valid backbones: {', '.join(_BACKBONES)}"
+        )
     if input_shape is None:
         input_shape = (constants.IMAGE_SIZE, constants.IMAGE_SIZE, constants.NUM_CHANNELS)
     return _BACKBONES[backbone](input_shape, **kwargs)
@@ -252,7 +254,9 @@ def xception(
       head normalises). D = 2048 at width 1.
     """
     if weights is not None and width != 1.0:
-        raise ValueError(f"ImageNet weights exist only for Xception at width=1.0, got width={width}")
+        raise ValueError(
+            f"ImageNet weights exist only for Xception at width=1.0, got width={width}"
+        )
     model = _xception_network(
         input_shape,
         XCEPTION_WIDTHS,

@@ -50,7 +50,9 @@ def write_named_predictions(predictions: pd.DataFrame, submission) -> pathlib.Pa
     """
     path = pathlib.Path(submission)
     path = path.with_name(f"{path.stem}_predictions.csv")
-    table = predictions[["id_code", "prediction", "sirna_name"]].rename(columns={"prediction": "sirna"})
+    table = predictions[["id_code", "prediction", "sirna_name"]].rename(
+        columns={"prediction": "sirna"}
+    )
     table.to_csv(path, index=False)
     return path
 
@@ -93,7 +95,9 @@ def main(argv=None) -> pd.DataFrame:
     predictions = evaluation.well_predictions(
         outputs.wells, outputs.logits["model"], method=arguments.postprocess, sirna_groups=groups
     )
-    predictions = cli.with_sirna_names(predictions, cli.sirna_names(arguments, predictor), "prediction")
+    predictions = cli.with_sirna_names(
+        predictions, cli.sirna_names(arguments, predictor), "prediction"
+    )
     path = write_submission(predictions, arguments.output)
     print(f"[deepnoise] wrote {len(predictions)} treatment wells to {path}", flush=True)
     if "sirna_name" in predictions:

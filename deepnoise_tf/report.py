@@ -87,7 +87,10 @@ def validation_accuracy(workdir, config, *, split, experiments, method, progress
         progress=progress,
     )
     groups = data.sirna_groups_from_split(
-        data_dir, config.data.builder, "train", exclude_experiments=tuple(config.data.val_experiments)
+        data_dir,
+        config.data.builder,
+        "train",
+        exclude_experiments=tuple(config.data.val_experiments),
     )
     predictions = evaluation.well_predictions(
         outputs.wells, outputs.logits["model"], method=method, sirna_groups=groups
@@ -121,7 +124,9 @@ def write_report(
     summary = None
     if (workdir / "metrics.csv").is_file():
         metrics = workdir_lib.read_metrics(workdir / "metrics.csv")
-        written["training_curves"] = plots.plot_training_curves(metrics, output / "training_curves.png")
+        written["training_curves"] = plots.plot_training_curves(
+            metrics, output / "training_curves.png"
+        )
         summary = workdir_lib.metrics_summary(metrics)
         summary.to_csv(output / "metrics_summary.csv", index=False)
         written["metrics_summary"] = output / "metrics_summary.csv"
@@ -144,7 +149,10 @@ def write_report(
         written["cell_type_chart"] = plots.plot_cell_type_accuracy(
             accuracy, output / "cell_type_accuracy.png", title=f"{workdir.name}: {evaluated}"
         )
-        print(f"[report] evaluated {int(accuracy['wells'].iloc[-1])} treatment wells of {evaluated}", flush=True)
+        print(
+            f"[report] evaluated {int(accuracy['wells'].iloc[-1])} treatment wells of {evaluated}",
+            flush=True,
+        )
     elif evaluate:
         notes.append(
             f"no config.json and checkpoint/export in {workdir}: no per-cell-type accuracy"

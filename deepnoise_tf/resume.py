@@ -140,7 +140,9 @@ def load_weights(model, path, remedy: str) -> None:
     try:
         model.load_weights(str(path))
     except Exception as error:  # h5py and Keras raise many kinds for a damaged or mismatched file
-        raise RunFolderError(f"cannot load {path} ({type(error).__name__}: {error}); {remedy}") from error
+        raise RunFolderError(
+            f"cannot load {path} ({type(error).__name__}: {error}); {remedy}"
+        ) from error
 
 
 def fit_finished_callback(folder, epochs: int):

@@ -62,7 +62,13 @@ class Context:
 
 
 def member_logits(
-    context: Context, run_folders: dict[str, str], *, split: str, experiments, with_labels: bool, cell_types=None
+    context: Context,
+    run_folders: dict[str, str],
+    *,
+    split: str,
+    experiments,
+    with_labels: bool,
+    cell_types=None,
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Each member's site-averaged logits of the treatment wells of `experiments` (`inference`)."""
     if not experiments:
@@ -80,11 +86,15 @@ def member_logits(
         tta=bool(config.pipeline.tta),
     )
     names = list(outputs.logits)
-    wells, *logits = evaluation.treatment_wells(outputs.wells, *(outputs.logits[name] for name in names))
+    wells, *logits = evaluation.treatment_wells(
+        outputs.wells, *(outputs.logits[name] for name in names)
+    )
     return wells, dict(zip(names, logits, strict=True))
 
 
-def prediction_columns(wells, logits: dict[str, np.ndarray], members, method: str, sirna_groups) -> dict:
+def prediction_columns(
+    wells, logits: dict[str, np.ndarray], members, method: str, sirna_groups
+) -> dict:
     """`{"<model>": argmax, "<model>+<method>": with the plate prior}` for each member and the ensemble."""
     named = dict(logits)
     named[ENSEMBLE] = evaluation.ensemble_logits([logits[name] for name in members])
@@ -102,7 +112,9 @@ def prediction_columns(wells, logits: dict[str, np.ndarray], members, method: st
     return columns
 
 
-def accuracy_rows(round_name: str, wells: pd.DataFrame, columns: dict[str, np.ndarray]) -> list[dict]:
+def accuracy_rows(
+    round_name: str, wells: pd.DataFrame, columns: dict[str, np.ndarray]
+) -> list[dict]:
     """Long-format accuracy rows (overall and per cell type) of each prediction column."""
     rows = []
     labels = wells["label"].to_numpy()
@@ -140,7 +152,12 @@ def load_logits(path: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
 
 
 def train_stage(
-    context: Context, round_index: int, backbone: str, *, pseudo_labels_path=None, initial_weights=None
+    context: Context,
+    round_index: int,
+    backbone: str,
+    *,
+    pseudo_labels_path=None,
+    initial_weights=None,
 ) -> dict:
     """Trains one model of one round (`training.run`, skipped when done); returns its record."""
     folder = os.path.join(context.round_dir(round_index), backbone)
@@ -163,12 +180,16 @@ def train_stage(
     start = time.time()
     record = {"round": round_index, "backbone": backbone, "initial_weights": initial_weights,
               "pseudo_labels": pseudo_labels_path, "started": start}  # fmt: skip
-    done = training.run(member, folder, pseudo_labels=labels, initial_weights=initial_weights, record=record)
+    done = training.run(
+        member, folder, pseudo_labels=labels, initial_weights=initial_weights, record=record
+    )
     free_memory()
     return done
 
 
-def evaluate_stage(context: Context, round_name: str, directory: str, run_folders: dict[str, str]) -> dict:
+def evaluate_stage(
+    context: Context, round_name: str, directory: str, run_folders: dict[str, str]
+) -> dict:
     """Validation and test logits of the members, the ensemble, the plate prior and the scores."""
     done = workdir_lib.read_done(directory)
     if done is not None:
@@ -178,18 +199,28 @@ def evaluate_stage(context: Context, round_name: str, directory: str, run_folder
     log(f"round {round_name}: predicting the validation and test wells with {list(run_folders)}")
     start = time.time()
     val_wells, val_logits = member_logits(
-        context, run_folders, split="train", experiments=config.data.val_experiments, with_labels=True
+        context,
+        run_folders,
+        split="train",
+        experiments=config.data.val_experiments,
+        with_labels=True,
     )
     test_wells, test_logits = member_logits(
         context, run_folders, split="test", experiments=context.test_experiments, with_labels=False
     )
     members = tuple(run_folders)
-    columns = prediction_columns(val_wells, val_logits, members, context.method, context.sirna_groups)
+    columns = prediction_columns(
+        val_wells, val_logits, members, context.method, context.sirna_groups
+    )
     rows = accuracy_rows(round_name, val_wells, columns)
     save_logits(os.path.join(directory, "val_logits.npz"), val_wells, val_logits)
     save_logits(os.path.join(directory, "test_logits.npz"), test_wells, test_logits)
-    workdir_lib.write_csv(val_wells.assign(**columns), os.path.join(directory, "val_predictions.csv"))
-    test_columns = prediction_columns(test_wells, test_logits, members, context.method, context.sirna_groups)
+    workdir_lib.write_csv(
+        val_wells.assign(**columns), os.path.join(directory, "val_predictions.csv")
+    )
+    test_columns = prediction_columns(
+        test_wells, test_logits, members, context.method, context.sirna_groups
+    )
     workdir_lib.write_csv(
         test_wells.drop(columns="label").assign(**test_columns),
         os.path.join(directory, "test_predictions.csv"),
@@ -215,12 +246,16 @@ def _round_test_logits(context: Context, round_index: int):
     return wells[["id_code", "experiment", "plate", "well", "cell_type", "well_type"]], logits
 
 
-def _refreshed_labels(context: Context, source: str, chosen: int, bank_path: str | None, weight: float):
+def _refreshed_labels(
+    context: Context, source: str, chosen: int, bank_path: str | None, weight: float
+):
     """(pseudo-label table, logit bank) from round `chosen`'s test logits blended into the bank."""
     wells, logits = _round_test_logits(context, chosen)
     members = context.members
     source_logits = (
-        evaluation.ensemble_logits([logits[name] for name in members]) if source == ENSEMBLE else logits[source]
+        evaluation.ensemble_logits([logits[name] for name in members])
+        if source == ENSEMBLE
+        else logits[source]
     )
     bank = None
     if bank_path is not None:
@@ -234,11 +269,15 @@ def _refreshed_labels(context: Context, source: str, chosen: int, bank_path: str
         wells, bank, method=method, sirna_groups=None if method == "none" else context.sirna_groups
     )
     column = "raw_prediction" if method == "none" else "prediction"
-    labels = table[["id_code", "experiment", "plate", "well", "cell_type"]].assign(pseudo_label=table[column])
+    labels = table[["id_code", "experiment", "plate", "well", "cell_type"]].assign(
+        pseudo_label=table[column]
+    )
     return labels, bank
 
 
-def pseudo_label_stage(context: Context, round_index: int, evaluations: list[dict]) -> dict[str, str]:
+def pseudo_label_stage(
+    context: Context, round_index: int, evaluations: list[dict]
+) -> dict[str, str]:
     """Pseudo labels of round `round_index` (>= 1) for each member: `{member: csv path}`.
 
     For each source (the ensemble, or each member's own teacher) the labels come from the round
@@ -257,14 +296,18 @@ def pseudo_label_stage(context: Context, round_index: int, evaluations: list[dic
     previous = workdir_lib.read_done(previous_directory) if round_index > 1 else None
     record = {"round": round_index, "sources": {}}
     for source in sorted(set(sources.values())):
-        scores = [pseudo_labels.source_score(e["rows"], source, context.method) for e in evaluations]
+        scores = [
+            pseudo_labels.source_score(e["rows"], source, context.method) for e in evaluations
+        ]
         chosen = pseudo_labels.best_round(scores)
         path = os.path.join(directory, f"{source}.csv")
         old = previous["sources"][source] if previous else None
         refreshed = old is None or chosen != old["source_round"]
         previous_bank = os.path.join(previous_directory, f"{source}_bank.npz")
         if refreshed:
-            table, bank = _refreshed_labels(context, source, chosen, previous_bank if old else None, weight)
+            table, bank = _refreshed_labels(
+                context, source, chosen, previous_bank if old else None, weight
+            )
         else:
             table = pd.read_csv(os.path.join(previous_directory, f"{source}.csv"))
             bank = load_logits(previous_bank)[1]["bank"]
@@ -305,13 +348,19 @@ def finetune_stage(context: Context, selected: int) -> dict:
             for cell_type, export_dir in exports.items():
                 folder = os.path.dirname(os.path.abspath(export_dir))
                 run_folders.setdefault(cell_type, {})[backbone] = folder
-        record = {"init_round": selected, "settings": context.config.finetune.to_dict(), "workdirs": run_folders}
+        record = {
+            "init_round": selected,
+            "settings": context.config.finetune.to_dict(),
+            "workdirs": run_folders,
+        }
         done = workdir_lib.mark_done(directory, record)
     evaluation_record = finetune_evaluation(context, directory, done["workdirs"])
     return {"directory": directory, "workdirs": done["workdirs"], "evaluation": evaluation_record}
 
 
-def finetune_evaluation(context: Context, directory: str, run_folders: dict[str, dict[str, str]]) -> dict:
+def finetune_evaluation(
+    context: Context, directory: str, run_folders: dict[str, dict[str, str]]
+) -> dict:
     """Scores the fine-tuned models on the validation experiments of their own cell type."""
     evaluation_dir = os.path.join(directory, "evaluation")
     done = workdir_lib.read_done(evaluation_dir)
@@ -320,7 +369,9 @@ def finetune_evaluation(context: Context, directory: str, run_folders: dict[str,
         return done
     frames, logits = [], {member: [] for member in context.members}
     for cell_type, members in sorted(run_folders.items()):
-        experiments = tuple(e for e in context.config.data.val_experiments if e.split("-")[0] == cell_type)
+        experiments = tuple(
+            e for e in context.config.data.val_experiments if e.split("-")[0] == cell_type
+        )
         if not experiments:
             log(f"fine-tuned {cell_type}: no validation experiment of this cell type, not scored")
             continue
@@ -343,10 +394,14 @@ def finetune_evaluation(context: Context, directory: str, run_folders: dict[str,
     if frames:
         wells = pd.concat(frames, ignore_index=True)
         logits = {member: np.concatenate(values) for member, values in logits.items()}
-        columns = prediction_columns(wells, logits, context.members, context.method, context.sirna_groups)
+        columns = prediction_columns(
+            wells, logits, context.members, context.method, context.sirna_groups
+        )
         rows = accuracy_rows(FINETUNE_ROUND, wells, columns)
         save_logits(os.path.join(evaluation_dir, "val_logits.npz"), wells, logits)
-        workdir_lib.write_csv(wells.assign(**columns), os.path.join(evaluation_dir, "val_predictions.csv"))
+        workdir_lib.write_csv(
+            wells.assign(**columns), os.path.join(evaluation_dir, "val_predictions.csv")
+        )
     return workdir_lib.mark_done(evaluation_dir, {"round": FINETUNE_ROUND, "rows": rows})
 
 
@@ -363,7 +418,9 @@ def _export(run_folders: list[str], path: str, record: dict) -> None:
 
 def export_stage(context: Context, selected: int, finetuned: dict | None) -> dict:
     """The final ensemble SavedModel(s); each is rebuilt only when the models behind it changed."""
-    run_folders = {member: os.path.join(context.round_dir(selected), member) for member in context.members}
+    run_folders = {
+        member: os.path.join(context.round_dir(selected), member) for member in context.members
+    }
     _export(
         [run_folders[member] for member in context.members],
         os.path.join(context.workdir, "export"),

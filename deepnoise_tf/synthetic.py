@@ -83,9 +83,7 @@ def _write_metadata(root: pathlib.Path, sites: pd.DataFrame, layout: str) -> Non
     if layout == "release":
         metadata = sites.rename(columns={"id_code": "well_id", "sirna": "sirna_id"})
         metadata["sirna"] = sites["sirna_name"]
-        metadata[list(source.RELEASE_COLUMNS)].to_csv(
-            root / "metadata.csv", index=False
-        )
+        metadata[list(source.RELEASE_COLUMNS)].to_csv(root / "metadata.csv", index=False)
         return
     wells = sites.drop_duplicates("id_code")
     for dataset in ("train", "test"):

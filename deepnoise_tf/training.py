@@ -166,7 +166,9 @@ def _callbacks(config, folder: str, with_validation: bool) -> list:
     if with_validation:
         os.makedirs(os.path.dirname(best_path), exist_ok=True)
         monitor = monitored_metric(config)
-        best_so_far = best_score_so_far(metrics_path, monitor) if os.path.exists(best_path) else None
+        best_so_far = (
+            best_score_so_far(metrics_path, monitor) if os.path.exists(best_path) else None
+        )
         callbacks.append(
             keras.callbacks.ModelCheckpoint(
                 best_path,
@@ -256,7 +258,9 @@ def _fit(config, folder: str, model, layout, pseudo_labels, resumed_epoch: int) 
     index, replicas, steps = layout
     if resumed_epoch:
         print(f"[deepnoise] resuming after epoch {resumed_epoch} (from backup/)", flush=True)
-    train_data, validation = _datasets(config, index, replicas, pseudo_labels, resumed_epoch * steps)
+    train_data, validation = _datasets(
+        config, index, replicas, pseudo_labels, resumed_epoch * steps
+    )
     model.fit(
         train_data,
         epochs=config.train.epochs,

@@ -60,7 +60,9 @@ def read_json(path) -> dict:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); delete it to redo that step") from error
+        raise ValueError(
+            f"{path} is not valid JSON ({error}); delete it to redo that step"
+        ) from error
 
 
 def write_csv(frame: pd.DataFrame, path) -> pathlib.Path:

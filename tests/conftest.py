@@ -138,7 +138,14 @@ def serve_in_fresh_process(model_dir, inputs: dict, tmp_path: pathlib.Path) -> d
     np.savez(tmp_path / "inputs.npz", **inputs)
     environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     completed = subprocess.run(
-        [sys.executable, "-c", _FRESH_PROCESS, str(model_dir), str(tmp_path / "inputs.npz"), str(tmp_path / "out.npz")],
+        [
+            sys.executable,
+            "-c",
+            _FRESH_PROCESS,
+            str(model_dir),
+            str(tmp_path / "inputs.npz"),
+            str(tmp_path / "out.npz"),
+        ],
         cwd=tmp_path,
         env=environment,
         capture_output=True,

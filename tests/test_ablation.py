@@ -161,8 +161,12 @@ def test_steps_differ_only_where_the_paper_ablation_says():
     assert max(morphology.train.lr_epoch_boundaries) < morphology.train.epochs == 64
     assert 0 < morphology.model.arcface_margin_warmup_epochs < morphology.train.epochs
     assert morphology.mean_teacher.consistency_start_epoch == 32.0  # docs/ablation.md's runs
-    cpu_rates = ablation_steps.step_config(ablation_steps.STEPS[3], scale="cpu").train.learning_rates
-    assert np.allclose(np.array(cpu_rates) / np.array(morphology.train.learning_rates), 3.0, rtol=0.02)
+    cpu_rates = ablation_steps.step_config(
+        ablation_steps.STEPS[3], scale="cpu"
+    ).train.learning_rates
+    assert np.allclose(
+        np.array(cpu_rates) / np.array(morphology.train.learning_rates), 3.0, rtol=0.02
+    )
     paper = ablation_steps.step_config(ablation_steps.STEPS[3], scale="paper")
     assert paper.data.image_size == constants.IMAGE_SIZE and paper.train.epochs == 160
     assert paper.mean_teacher.consistency_start_epoch == 0.0

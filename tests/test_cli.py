@@ -275,7 +275,7 @@ def test_output_and_model_are_checked_first(tmp_path, fake_model, capsys):
     line = cli_error(
         capsys, embed.main, ["--model", fake_model, *common, "--output", str(tmp_path / "e.csv")]
     )
-    assert line.endswith("must end in .npz or .parquet")
+    assert line.endswith("must end in .npz or .parquet or .h5ad")
     assert not (tmp_path / "never_read").exists()
 
 

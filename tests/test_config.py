@@ -25,7 +25,11 @@ def test_every_shipped_config_loads_and_validates(name, variant):
     if "cpu" in variant or name == "quickstart":
         assert config.data.image_size <= 128 and config.model.width < 1
     else:
-        assert config.data.image_size == 512 and config.train.epochs == 160 and config.train.batch_size == 64
+        assert (
+            config.data.image_size == 512
+            and config.train.epochs == 160
+            and config.train.batch_size == 64
+        )
     assert config.model.backbone == ("xception_wide" if "wide" in variant else "xception")
     expected_source = "own_teacher" if "own_teacher" in variant else "ensemble"
     assert config.mean_teacher.pseudo_label_source == expected_source
@@ -35,9 +39,21 @@ def test_paper_configs_differ_only_where_the_ablation_says():
     model1 = config_lib.load(str(CONFIGS / "model1_softmax.py"))
     model2 = config_lib.load(str(CONFIGS / "model2_arcface.py"))
     model3 = config_lib.load(str(CONFIGS / "model3_mean_teacher.py"))
-    assert (model1.model.head, model2.model.head, model3.model.head) == ("softmax", "arcface", "arcface")
-    assert not model1.mean_teacher.enabled and not model2.mean_teacher.enabled and model3.mean_teacher.enabled
-    assert model3.train.learning_rates == (3e-4, 1e-4, 1e-5) and model3.train.lr_epoch_boundaries == (100, 140)
+    assert (model1.model.head, model2.model.head, model3.model.head) == (
+        "softmax",
+        "arcface",
+        "arcface",
+    )
+    assert (
+        not model1.mean_teacher.enabled
+        and not model2.mean_teacher.enabled
+        and model3.mean_teacher.enabled
+    )
+    assert model3.train.learning_rates == (
+        3e-4,
+        1e-4,
+        1e-5,
+    ) and model3.train.lr_epoch_boundaries == (100, 140)
     assert model3.train.weight_decay == 2e-4
     assert model3.model.arcface_scale == 30.0 and model3.model.arcface_margin == 0.1
 
@@ -49,9 +65,15 @@ def test_paper_configs_differ_only_where_the_ablation_says():
 def test_variant_words_are_comma_separated_and_underscore_joined_names_still_work():
     allowed = ("cpu", "own_teacher")
     assert config_lib.parse_variant("", allowed).to_dict() == {"cpu": False, "own_teacher": False}
-    assert config_lib.parse_variant("own_teacher", allowed).to_dict() == {"cpu": False, "own_teacher": True}
+    assert config_lib.parse_variant("own_teacher", allowed).to_dict() == {
+        "cpu": False,
+        "own_teacher": True,
+    }
     for spelling in ("cpu,own_teacher", "own_teacher,cpu", "cpu_own_teacher", "own_teacher_cpu"):
-        assert config_lib.parse_variant(spelling, allowed).to_dict() == {"cpu": True, "own_teacher": True}
+        assert config_lib.parse_variant(spelling, allowed).to_dict() == {
+            "cpu": True,
+            "own_teacher": True,
+        }
 
 
 @pytest.mark.parametrize(
@@ -60,7 +82,10 @@ def test_variant_words_are_comma_separated_and_underscore_joined_names_still_wor
         ("cpux", "unknown variant 'cpux' (did you mean 'cpu'?); valid variants: cpu, wide"),
         ("cpu_wid", "unknown variant 'wid' in 'cpu_wid' (did you mean 'wide'?)"),
         ("cpux,wide", "unknown variant 'cpux' in 'cpux,wide' (did you mean 'cpu'?)"),
-        ("tpu_v4", "unknown variant 'tpu_v4'; valid variants: cpu, wide (combine them with commas, e.g. :cpu,wide)"),
+        (
+            "tpu_v4",
+            "unknown variant 'tpu_v4'; valid variants: cpu, wide (combine them with commas, e.g. :cpu,wide)",
+        ),
         ("cpu,cpu", "variant 'cpu,cpu' repeats cpu"),
         ("wide_wide", "repeats wide"),
         ("cpu,", "variant 'cpu,' has an empty word"),
@@ -76,7 +101,10 @@ def test_unknown_variant_words_fail_with_the_valid_ones(variant, message):
     "spec, message",
     [
         ("model1_softmax.py:gpu", "model1_softmax.py: unknown variant 'gpu'"),
-        ("deepnoise.py:wide", "deepnoise.py: unknown variant 'wide'; valid variants: cpu, own_teacher"),
+        (
+            "deepnoise.py:wide",
+            "deepnoise.py: unknown variant 'wide'; valid variants: cpu, own_teacher",
+        ),
         ("deepnoise.py:own_teachr", "(did you mean 'own_teacher'?)"),
         ("quickstart.py:cpu", "quickstart.py: this config takes no variant, got 'cpu'"),
     ],
@@ -121,7 +149,9 @@ def test_command_line_overrides_are_typed():
     assert config.train.epochs == 3
     assert config.data.builder == "rxrx1/128"
     assert config.train.learning_rates == (1e-3, 1e-4, 1e-5)
-    assert config.mean_teacher.labelled_share == 1.0 and isinstance(config.mean_teacher.labelled_share, float)
+    assert config.mean_teacher.labelled_share == 1.0 and isinstance(
+        config.mean_teacher.labelled_share, float
+    )
     assert config.data.val_experiments == ("HEPG2-01",)
     assert arguments.workdir == "somewhere" and arguments.config.endswith("quickstart.py")
 
@@ -143,14 +173,24 @@ def test_unknown_field_suggests_the_closest_instead_of_listing_all(capsys):
 
 def test_value_of_the_wrong_type_is_a_cli_error(capsys):
     line = cli_error(capsys, QUICKSTART + ["--config.train.epochs=many"])
-    assert line.endswith("config field 'train.epochs' is of type int (now 32); cannot set it to many")
+    assert line.endswith(
+        "config field 'train.epochs' is of type int (now 32); cannot set it to many"
+    )
     line = cli_error(capsys, QUICKSTART + ["--config.mean_teacher.enabled=yes"])
-    assert "config field 'mean_teacher.enabled' is of type bool (now True); cannot set it to yes" in line
+    assert (
+        "config field 'mean_teacher.enabled' is of type bool (now True); cannot set it to yes"
+        in line
+    )
 
 
 def test_bad_variant_is_a_cli_error_with_a_suggestion(capsys):
-    line = cli_error(capsys, ["--config", str(CONFIGS / "model3_mean_teacher.py") + ":cpux", "--workdir", "w"])
-    assert "model3_mean_teacher.py: unknown variant 'cpux' (did you mean 'cpu'?); valid variants: cpu, wide" in line
+    line = cli_error(
+        capsys, ["--config", str(CONFIGS / "model3_mean_teacher.py") + ":cpux", "--workdir", "w"]
+    )
+    assert (
+        "model3_mean_teacher.py: unknown variant 'cpux' (did you mean 'cpu'?); valid variants: cpu, wide"
+        in line
+    )
 
 
 def test_missing_config_file_is_a_cli_error(capsys, tmp_path):
@@ -180,9 +220,16 @@ def test_help_explains_overrides(capsys):
 
 @pytest.mark.parametrize(
     "field, value",
-    [("data.normalization", "well"), ("model.head", "cosface"), ("train.strategy", "tpu"), ("data.cell_types", "('A549',)"),
-     ("model.arcface_margin_warmup_epochs", "-1.0"), ("mean_teacher.consistency_start_epoch", "-2.0"),
-     ("model.backbone", "resnet50"), ("model.stem", "5x5")],
+    [
+        ("data.normalization", "well"),
+        ("model.head", "cosface"),
+        ("train.strategy", "tpu"),
+        ("data.cell_types", "('A549',)"),
+        ("model.arcface_margin_warmup_epochs", "-1.0"),
+        ("mean_teacher.consistency_start_epoch", "-2.0"),
+        ("model.backbone", "resnet50"),
+        ("model.stem", "5x5"),
+    ],
 )
 def test_invalid_values_fail_with_the_choices(field, value):
     config = config_lib.load(str(CONFIGS / "quickstart.py"))
@@ -206,7 +253,9 @@ def test_backbone_and_stem_choices_come_from_the_models_module():
 def test_ablation_scales_set_their_fields_on_the_cpu_configs():
     assert config_lib.ABLATION_SCALES == ("cpu", "cpu_morphology", "paper")
     cpu = config_lib.load(str(CONFIGS / "model2_arcface.py") + ":cpu")
-    scaled = config_lib.apply_ablation_scale(config_lib.load(str(CONFIGS / "model2_arcface.py") + ":cpu"), "cpu")
+    scaled = config_lib.apply_ablation_scale(
+        config_lib.load(str(CONFIGS / "model2_arcface.py") + ":cpu"), "cpu"
+    )
     assert scaled.data.synthetic_preset == "ablation"
     # Idempotent. (apply_ablation_scale works in place: the reference is taken before the second call.)
     once = config_lib.to_json(scaled)
@@ -218,9 +267,9 @@ def test_ablation_scales_set_their_fields_on_the_cpu_configs():
     assert morphology.model.arcface_margin_warmup_epochs == 16.0
     assert morphology.mean_teacher.consistency_start_epoch == 32.0
     paper = config_lib.load(str(CONFIGS / "model2_arcface.py"))
-    assert config_lib.to_json(config_lib.apply_ablation_scale(paper, "paper")) == config_lib.to_json(
-        config_lib.load(str(CONFIGS / "model2_arcface.py"))
-    )
+    assert config_lib.to_json(
+        config_lib.apply_ablation_scale(paper, "paper")
+    ) == config_lib.to_json(config_lib.load(str(CONFIGS / "model2_arcface.py")))
 
 
 def test_unknown_ablation_scale_lists_the_valid_ones():
@@ -236,9 +285,27 @@ def test_unknown_ablation_scale_lists_the_valid_ones():
     "name, field, value, attribute, expected",
     [
         # one override for every ablation step: softmax heads have no margin to warm up
-        ("model1_softmax", "model.arcface_margin_warmup_epochs", "3.0", "margin_warmup_epochs", 0.0),
-        ("model2_arcface", "model.arcface_margin_warmup_epochs", "3.0", "margin_warmup_epochs", 3.0),
-        ("model3_mean_teacher", "mean_teacher.consistency_start_epoch", "2.5", "consistency_start_epoch", 2.5),
+        (
+            "model1_softmax",
+            "model.arcface_margin_warmup_epochs",
+            "3.0",
+            "margin_warmup_epochs",
+            0.0,
+        ),
+        (
+            "model2_arcface",
+            "model.arcface_margin_warmup_epochs",
+            "3.0",
+            "margin_warmup_epochs",
+            3.0,
+        ),
+        (
+            "model3_mean_teacher",
+            "mean_teacher.consistency_start_epoch",
+            "2.5",
+            "consistency_start_epoch",
+            2.5,
+        ),
     ],
 )
 def test_schedule_fields_reach_the_built_model(name, field, value, attribute, expected):

@@ -29,7 +29,11 @@ def tiny_config(tiny_data):
 def examples(config, split):
     import tensorflow_datasets as tfds
 
-    return list(tfds.load(config.data.builder, split=split, data_dir=config.data.data_dir).as_numpy_iterator())
+    return list(
+        tfds.load(
+            config.data.builder, split=split, data_dir=config.data.data_dir
+        ).as_numpy_iterator()
+    )
 
 
 def test_samples_carry_the_example_statistics_of_the_chosen_normalization(tiny_config):
@@ -37,7 +41,11 @@ def test_samples_carry_the_example_statistics_of_the_chosen_normalization(tiny_c
     for normalization in ("plate", "experiment", "cell_type"):
         with tiny_config.unlocked():
             tiny_config.data.normalization = normalization
-        batch = next(iter(data.evaluation_dataset(tiny_config, experiments=("HEPG2-01",)).as_numpy_iterator()))
+        batch = next(
+            iter(
+                data.evaluation_dataset(tiny_config, experiments=("HEPG2-01",)).as_numpy_iterator()
+            )
+        )
         for row in range(len(batch["label"])):
             example = source[(batch["id_code"][row], batch["site"][row])]
             np.testing.assert_array_equal(batch["image"][row], example["image"])
@@ -54,7 +62,9 @@ def test_one_site_per_well_each_epoch_and_both_sites_over_epochs(tiny_config):
     picked = collections.defaultdict(set)
     for epoch in range(6):
         sites = collections.Counter()
-        for example in data.one_site_per_well(dataset, seed=0, epoch=tf.constant(epoch, tf.int64)).as_numpy_iterator():
+        for example in data.one_site_per_well(
+            dataset, seed=0, epoch=tf.constant(epoch, tf.int64)
+        ).as_numpy_iterator():
             sites[example["id_code"]] += 1
             picked[example["id_code"]].add(int(example["site"]))
         assert set(sites) == wells and set(sites.values()) == {1}
@@ -65,9 +75,14 @@ def test_one_site_per_well_each_epoch_and_both_sites_over_epochs(tiny_config):
 def test_training_batches_mix_a_fixed_labelled_share_per_replica(tiny_config):
     replicas = 2
     config = tiny_config.copy_and_resolve_references()
-    config.mean_teacher.labelled_share = 0.5  # 8 rows over 2 replicas: 2 labelled + 2 unlabelled each
+    config.mean_teacher.labelled_share = (
+        0.5  # 8 rows over 2 replicas: 2 labelled + 2 unlabelled each
+    )
     batch = next(iter(data.training_dataset(config, num_replicas=replicas).as_numpy_iterator()))
-    assert batch["image"].shape == (8, 16, 16, constants.NUM_CHANNELS) and batch["image"].dtype == np.uint8
+    assert (
+        batch["image"].shape == (8, 16, 16, constants.NUM_CHANNELS)
+        and batch["image"].dtype == np.uint8
+    )
     labelled = (batch["label"] >= 0).reshape(replicas, -1)
     # Every replica's contiguous slice holds the same number of labelled rows, first.
     np.testing.assert_array_equal(labelled.sum(axis=1), [2, 2])
@@ -99,7 +114,11 @@ def test_validation_experiments_are_held_out_of_training(tiny_config):
     tiny_config.mean_teacher.labelled_share = 1.0
     stream = data.training_dataset(tiny_config).unbatch().take(64)
     means = {tuple(e["mean"]) for e in stream.as_numpy_iterator()}
-    held_out = {tuple(e["plate_mean"]) for e in examples(tiny_config, "train") if e["experiment"] == b"HEPG2-01"}
+    held_out = {
+        tuple(e["plate_mean"])
+        for e in examples(tiny_config, "train")
+        if e["experiment"] == b"HEPG2-01"
+    }
     assert held_out and not means & held_out
     tiny_config.mean_teacher.labelled_share = 0.5
 
@@ -110,7 +129,12 @@ def test_pseudo_labels_are_looked_up_by_well(tiny_config):
     table = data.pseudo_label_table(test_wells, labels)
     expected = dict(zip(test_wells, labels, strict=True))
     stream = data._training_stream(
-        tiny_config.data, "test", labelled=False, seed=0, experiments_excluded=(), pseudo_labels=table
+        tiny_config.data,
+        "test",
+        labelled=False,
+        seed=0,
+        experiments_excluded=(),
+        pseudo_labels=table,
     )
     for sample in stream.take(20).as_numpy_iterator():
         assert sample["label"] == -1

@@ -21,7 +21,9 @@ SCRIPT = pathlib.Path(__file__).resolve().parent / "scripts" / "distributed_fit.
 
 def run(*arguments, env=None, wait=True):
     command = [sys.executable, str(SCRIPT), *arguments]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     if not wait:
         return process
     return finish(process)
@@ -38,10 +40,14 @@ def test_four_replicas_follow_the_single_device_trajectory():
     mirrored = run("--devices", "4", "--strategy", "mirrored")
     assert single["replicas"] == 1 and mirrored["replicas"] == 4
     np.testing.assert_allclose(mirrored["loss"], single["loss"], rtol=1e-4)
-    np.testing.assert_allclose(mirrored["consistency_loss"], single["consistency_loss"], rtol=1e-3, atol=1e-7)
+    np.testing.assert_allclose(
+        mirrored["consistency_loss"], single["consistency_loss"], rtol=1e-3, atol=1e-7
+    )
     np.testing.assert_allclose(mirrored["teacher"], single["teacher"], rtol=1e-3, atol=1e-5)
     # Synchronized batch norm: the teacher's moving statistics match the single-device run too.
-    np.testing.assert_allclose(mirrored["teacher_stats"], single["teacher_stats"], rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(
+        mirrored["teacher_stats"], single["teacher_stats"], rtol=1e-3, atol=1e-5
+    )
 
 
 def free_port():
@@ -55,7 +61,9 @@ def test_two_local_workers_train_one_model():
     processes = []
     for index in range(2):
         env = dict(os.environ)
-        env["TF_CONFIG"] = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+        env["TF_CONFIG"] = json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        )
         processes.append(run("--strategy", "multi_worker", env=env, wait=False))
     results = [finish(process) for process in processes]
     assert [r["replicas"] for r in results] == [2, 2]

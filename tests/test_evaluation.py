@@ -92,7 +92,9 @@ def test_ensemble_and_alignment_by_well():
     reference = pd.DataFrame({"id_code": ["a", "b", "c"]})
     shuffled = pd.DataFrame({"id_code": ["c", "a", "b"]})
     values = np.array([[3.0], [1.0], [2.0]])
-    np.testing.assert_allclose(evaluation.align_wells(reference, shuffled, values), [[1.0], [2.0], [3.0]])
+    np.testing.assert_allclose(
+        evaluation.align_wells(reference, shuffled, values), [[1.0], [2.0], [3.0]]
+    )
     with pytest.raises(ValueError, match="missing"):
         evaluation.align_wells(reference, shuffled.iloc[:2], values[:2])
     np.testing.assert_allclose(

@@ -129,7 +129,9 @@ def finetuned(tiny_data, pretrained, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(MeanTeacher, "fit", spying_fit)
         patch.setattr(data, "select_experiments", spying_select)
-        exports = finetuning.run(config, str(workdir), init_workdir=pretrained["workdir"], cell_types="HUVEC")
+        exports = finetuning.run(
+            config, str(workdir), init_workdir=pretrained["workdir"], cell_types="HUVEC"
+        )
     return {"workdir": workdir, "exports": exports, "config": config, **record}
 
 
@@ -141,7 +143,9 @@ def test_head_is_fresh_and_backbone_starts_from_the_pretrained_teacher(finetuned
         for value, expected in zip(start[name], expected_backbone, strict=True):
             np.testing.assert_array_equal(value, expected)
     # Not the pretrained student's backbone (the two differ in the fixture).
-    assert not np.allclose(start["student_backbone"][0], pretrained["weights"]["student_backbone"][0])
+    assert not np.allclose(
+        start["student_backbone"][0], pretrained["weights"]["student_backbone"][0]
+    )
     for name in ("student_head", "teacher_head"):
         for value, initial in zip(start[name], pretrained["initial_head"], strict=True):
             np.testing.assert_array_equal(value, initial)  # the seed's fresh initialization
@@ -158,7 +162,10 @@ def test_only_the_chosen_cell_type_is_read(finetuned, tiny_data):
     for split in ("train", "test"):
         sites = tfds.as_numpy(tfds.load(builder, split=split, data_dir=data_dir, batch_size=-1))
         huvec = sites["cell_type"] == b"HUVEC"
-        truth[split] = (set(sites["experiment"][huvec].astype(str)), len(set(sites["id_code"][huvec])))
+        truth[split] = (
+            set(sites["experiment"][huvec].astype(str)),
+            len(set(sites["id_code"][huvec])),
+        )
     # Labelled HUVEC train plates and unlabelled HUVEC test plates, nothing else.
     assert experiments == truth["train"][0] | truth["test"][0]
     index = json.loads((finetuned["workdir"] / "HUVEC" / "split_index.json").read_text())["index"]
@@ -187,7 +194,9 @@ def test_sgd_follows_the_cosine_restarts_schedule(finetuned):
     steps, rates = zip(*finetuned["steps"], strict=True)
     assert list(steps) == list(range(epochs * STEPS_PER_EPOCH))
     expected = [
-        cosine_restarts_reference(step, steps_per_epoch=STEPS_PER_EPOCH, scale=0.25, finetune_config=finetune_config)
+        cosine_restarts_reference(
+            step, steps_per_epoch=STEPS_PER_EPOCH, scale=0.25, finetune_config=finetune_config
+        )
         for step in steps
     ]
     np.testing.assert_allclose(rates, expected, rtol=1e-5)
@@ -211,14 +220,20 @@ def test_the_cell_type_export_serves_the_finetuned_teacher(finetuned):
         "std": rng.uniform(5, 20, size=(3, 6)).astype(np.float32),
     }
     outputs, metadata = serve(finetuned["exports"]["HUVEC"], inputs)
-    assert int(metadata["image_size"]) == IMAGE_SIZE and metadata["normalization"].numpy() == b"plate"
+    assert (
+        int(metadata["image_size"]) == IMAGE_SIZE and metadata["normalization"].numpy() == b"plate"
+    )
     np.testing.assert_allclose(outputs["probabilities"].sum(axis=1), 1.0, rtol=1e-5)
     # Reference: the fine-tuned teacher rebuilt from the cell type's checkpoint, normalized in numpy.
     cell_config = finetuning.cell_type_config(finetuned["config"], "HUVEC")
     model = factory.build_model(cell_config, STEPS_PER_EPOCH)
     model.load_weights(str(finetuned["workdir"] / "HUVEC" / "checkpoints" / "last.weights.h5"))
-    normalized = (inputs["image"] - inputs["mean"][:, None, None, :]) / inputs["std"][:, None, None, :]
-    logits = model.teacher_head(model.teacher_backbone(normalized.astype(np.float32), training=False))
+    normalized = (inputs["image"] - inputs["mean"][:, None, None, :]) / inputs["std"][
+        :, None, None, :
+    ]
+    logits = model.teacher_head(
+        model.teacher_backbone(normalized.astype(np.float32), training=False)
+    )
     np.testing.assert_allclose(outputs["logits"], np.asarray(logits), atol=1e-4)
 
 
@@ -234,13 +249,22 @@ def test_rerun_skips_finished_cell_types(finetuned, pretrained, monkeypatch):
 
     monkeypatch.setattr(training, "run", fake_train)
     workdir = str(finetuned["workdir"])
-    again = finetuning.run(finetuned["config"], workdir, init_workdir=pretrained["workdir"], cell_types=["HUVEC"])
+    again = finetuning.run(
+        finetuned["config"], workdir, init_workdir=pretrained["workdir"], cell_types=["HUVEC"]
+    )
     assert again == finetuned["exports"] and calls == []
     with pytest.raises(Stop):
-        finetuning.run(finetuned["config"], workdir, init_workdir=pretrained["workdir"], cell_types=["HUVEC", "HEPG2"])
+        finetuning.run(
+            finetuned["config"],
+            workdir,
+            init_workdir=pretrained["workdir"],
+            cell_types=["HUVEC", "HEPG2"],
+        )
     ((cell_types, epochs, cell_dir, kwargs),) = calls  # HUVEC skipped, HEPG2 started
     assert cell_types == ("HEPG2",) and epochs == math.ceil(2 * 2.0 * 0.5 + 1)
-    assert cell_dir.endswith("HEPG2") and kwargs["initial_backbone"].endswith(finetuning.BACKBONE_FILE)
+    assert cell_dir.endswith("HEPG2") and kwargs["initial_backbone"].endswith(
+        finetuning.BACKBONE_FILE
+    )
 
 
 def test_cell_type_config_and_errors(tiny_data):

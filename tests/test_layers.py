@@ -104,7 +104,9 @@ def test_arcface_margin_argument_replaces_the_layer_margin(margin):
     expected = reference_arcface(embeddings, kernel, labels, margin=float(margin))
     np.testing.assert_allclose(logits, expected, atol=2e-4)
     if float(margin) == 0.0:
-        np.testing.assert_allclose(logits, np.asarray(head(embeddings.astype("float32"))), atol=1e-5)
+        np.testing.assert_allclose(
+            logits, np.asarray(head(embeddings.astype("float32"))), atol=1e-5
+        )
 
 
 def numerical_gradient(function, x, step=1e-6):

@@ -77,7 +77,9 @@ def build(teacher=True, steps_per_epoch=10, learning_rate=0.05, **kwargs):
 
 def expected_losses(batch, student, teacher, epoch=0.0, margin=MARGIN, consistency_start=0.0):
     """Float64 numpy of the paper's losses: ArcFace margin CE (eq. 4), consistency MSE (eq. 5), pSoftmax."""
-    x = (batch["image"].astype(np.float64) - batch["mean"][:, None, None, :]) / batch["std"][:, None, None, :]
+    x = (batch["image"].astype(np.float64) - batch["mean"][:, None, None, :]) / batch["std"][
+        :, None, None, :
+    ]
     x = x.reshape(len(x), -1)
     labels, pseudo = batch["label"], batch["pseudo_label"]
 
@@ -88,7 +90,9 @@ def expected_losses(batch, student, teacher, epoch=0.0, margin=MARGIN, consisten
     for row in np.flatnonzero(labelled):
         c = cosine[row, labels[row]]
         if c > math.cos(math.pi - margin):
-            margin_cos[row, labels[row]] = c * math.cos(margin) - math.sqrt(1 - c * c) * math.sin(margin)
+            margin_cos[row, labels[row]] = c * math.cos(margin) - math.sqrt(1 - c * c) * math.sin(
+                margin
+            )
         else:
             margin_cos[row, labels[row]] = c - math.sin(math.pi - margin) * margin
     classification = numpy_cross_entropy(SCALE * margin_cos[labelled], labels[labelled]).mean()
@@ -101,7 +105,9 @@ def expected_losses(batch, student, teacher, epoch=0.0, margin=MARGIN, consisten
     has_pseudo = pseudo >= 0
     pseudo_loss = numpy_cross_entropy(SCALE * cosine[has_pseudo], pseudo[has_pseudo]).mean()
     ramp_epoch = epoch - consistency_start
-    weight = 0.0 if ramp_epoch < 0 else 100.0 * math.exp(-5.0 * (1.0 - min(ramp_epoch, 5.0) / 5.0) ** 2)
+    weight = (
+        0.0 if ramp_epoch < 0 else 100.0 * math.exp(-5.0 * (1.0 - min(ramp_epoch, 5.0) / 5.0) ** 2)
+    )
     total = 0.95 * classification + 0.05 * pseudo_loss + weight * consistency
     return {
         "classification_loss": classification,
@@ -167,7 +173,9 @@ def test_consistency_starts_after_the_labelled_only_epochs(iteration):
 
 def test_consistency_start_must_not_be_negative():
     with pytest.raises(ValueError, match="consistency_start_epoch"):
-        MeanTeacher(tiny_network(1), tiny_network(2), steps_per_epoch=10, consistency_start_epoch=-1.0)
+        MeanTeacher(
+            tiny_network(1), tiny_network(2), steps_per_epoch=10, consistency_start_epoch=-1.0
+        )
 
 
 def test_views_default_to_the_papers_and_must_name_all_three():
@@ -188,7 +196,9 @@ def test_margin_warmup_needs_a_margin_head_and_a_non_negative_length():
 def test_teacher_is_the_ema_of_the_student_and_never_optimised():
     model = build(learning_rate=0.5)
     rng = np.random.default_rng(2)
-    optimised = {id(v) for v in model.optimizer.variables} | {id(v) for v in model.optimizer._trainable_variables}
+    optimised = {id(v) for v in model.optimizer.variables} | {
+        id(v) for v in model.optimizer._trainable_variables
+    }
     assert not any(id(v) in optimised for v in model.teacher_variables)
     teacher = [v.numpy().copy() for v in model.teacher_variables]
     # Step 1: decay = min(1 - 1/(1+1), 0.5) = 0.5 (epoch 1 of the EMA decay schedule).
@@ -222,7 +232,9 @@ def test_test_step_reports_student_and_teacher_accuracy():
     model = build()
     batch = make_batch(np.random.default_rng(4))
     logs = model.test_on_batch(batch, return_dict=True)
-    x = (batch["image"].astype(np.float64) - batch["mean"][:, None, None, :]) / batch["std"][:, None, None, :]
+    x = (batch["image"].astype(np.float64) - batch["mean"][:, None, None, :]) / batch["std"][
+        :, None, None, :
+    ]
     x = x.reshape(len(x), -1)
     labelled = batch["label"] >= 0
     for name, network in [
@@ -252,16 +264,22 @@ def bn_network(seed):
 
 @pytest.mark.parametrize("statistics", ["ema", "batch"])
 def test_teacher_batch_norm_statistics(statistics):
-    """"ema": teacher statistics = EMA of the student's (teacher in inference mode); "batch": its own."""
+    """ "ema": teacher statistics = EMA of the student's (teacher in inference mode); "batch": its own."""
     student, teacher = bn_network(1), bn_network(2)
     model = MeanTeacher(
-        student, teacher, steps_per_epoch=10, normalization_jitter=0.0, views=PLAIN_VIEWS,
+        student,
+        teacher,
+        steps_per_epoch=10,
+        normalization_jitter=0.0,
+        views=PLAIN_VIEWS,
         teacher_statistics=statistics,
     )
     model.compile(optimizer=keras.optimizers.SGD(0.01))
     model.copy_student_to_teacher()
     old_teacher = [w.numpy().copy() for w in model.teacher_backbone.non_trainable_weights]
-    dense_kernel, dense_bias = (w.numpy().astype(np.float64) for w in model.teacher_backbone.layers[1].weights)
+    dense_kernel, dense_bias = (
+        w.numpy().astype(np.float64) for w in model.teacher_backbone.layers[1].weights
+    )
     batch = make_batch(np.random.default_rng(5))
     model.train_on_batch(batch, return_dict=True)
     new_teacher = [w.numpy() for w in model.teacher_backbone.non_trainable_weights]
@@ -272,6 +290,10 @@ def test_teacher_batch_norm_statistics(statistics):
         for new, old, s in zip(new_teacher, old_teacher, new_student, strict=True):
             np.testing.assert_allclose(new, 0.5 * old + 0.5 * s, rtol=1e-5, atol=1e-6)
     else:  # momentum 0.5 towards the teacher's own batch of embeddings (unaugmented: same images)
-        x = (batch["image"].astype(np.float64) - batch["mean"][:, None, None, :]) / batch["std"][:, None, None, :]
+        x = (batch["image"].astype(np.float64) - batch["mean"][:, None, None, :]) / batch["std"][
+            :, None, None, :
+        ]
         embedding = x.reshape(len(x), -1) @ dense_kernel + dense_bias
-        np.testing.assert_allclose(new_teacher[0], 0.5 * old_teacher[0] + 0.5 * embedding.mean(0), rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(
+            new_teacher[0], 0.5 * old_teacher[0] + 0.5 * embedding.mean(0), rtol=1e-3, atol=1e-4
+        )

@@ -166,7 +166,9 @@ def test_width_multiplier_scales_every_stage():
         ("xception_wide", "7x7", 0.125, 609_472, 256),
     ],
 )
-def test_registered_backbones_keep_their_parameter_counts(backbone, stem, width, parameters, embedding):
+def test_registered_backbones_keep_their_parameter_counts(
+    backbone, stem, width, parameters, embedding
+):
     model = models.build(backbone, (71, 71, 6), stem=stem, width=width)
     assert model.count_params() == parameters
     assert models.embedding_dim(model) == embedding
@@ -186,7 +188,9 @@ def test_registry_names_every_backbone_and_rejects_unknown_ones():
 
 def layout(model):
     """Layer names with their weights' paths and shapes: what a checkpoint's keys and arrays follow."""
-    return [(layer.name, [(w.path, tuple(w.shape)) for w in layer.weights]) for layer in model.layers]
+    return [
+        (layer.name, [(w.path, tuple(w.shape)) for w in layer.weights]) for layer in model.layers
+    ]
 
 
 def test_factory_builds_the_registered_backbone_with_the_same_layers():

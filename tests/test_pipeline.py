@@ -412,7 +412,9 @@ def test_only_fields_that_add_stages_may_change_between_runs(tmp_path):
     more.pipeline.pseudo_label_rounds += 1
     more.finetune.learning_rate *= 2  # fine-tunes again, into a folder of its own
     pipeline_config.check_run_config(more, str(tmp_path))
-    assert pipeline_config.finetune_settings_key(more) != pipeline_config.finetune_settings_key(config)
+    assert pipeline_config.finetune_settings_key(more) != pipeline_config.finetune_settings_key(
+        config
+    )
     other = config_lib.load(CONFIG + ":cpu")
     other.model.width = 0.25
     with pytest.raises(ValueError, match="model.width"):
@@ -457,7 +459,9 @@ def test_source_score_reads_the_overall_rows():
 def test_logit_bank_takes_the_first_refresh_then_blends():
     new = np.array([[1.0, 3.0]])
     np.testing.assert_array_equal(pseudo_labels.blend_bank(None, new, 0.9), new)
-    np.testing.assert_allclose(pseudo_labels.blend_bank(np.array([[11.0, 3.0]]), new, 0.9), [[2.0, 3.0]])
+    np.testing.assert_allclose(
+        pseudo_labels.blend_bank(np.array([[11.0, 3.0]]), new, 0.9), [[2.0, 3.0]]
+    )
 
 
 def test_member_configs_per_round():

@@ -43,7 +43,9 @@ def test_sites(tiny_data):
 @pytest.fixture(scope="module")
 def members(tiny_data, make_run_folder):
     """Two training workdirs (config.json, checkpoints/best.weights.h5, export/) and their networks."""
-    configs = [tiny_config(*tiny_data, **{"model.width": 0.125, "train.seed": seed}) for seed in (0, 1)]
+    configs = [
+        tiny_config(*tiny_data, **{"model.width": 0.125, "train.seed": seed}) for seed in (0, 1)
+    ]
     return [make_run_folder(config, f"member{seed}") for seed, config in enumerate(configs)]
 
 
@@ -165,7 +167,9 @@ def test_well_logits_average_sites_and_views_in_logit_space(tiny_data, members, 
     )
     expected = [np.argmax(reference[well][: constants.NUM_SIRNAS]) for well in wells["id_code"]]
     np.testing.assert_array_equal(wells["raw_prediction"], expected)
-    np.testing.assert_array_equal(wells["prediction"], expected)  # "none" without groups: the argmax
+    np.testing.assert_array_equal(
+        wells["prediction"], expected
+    )  # "none" without groups: the argmax
     labels = {
         well: label for well, label in zip(test_sites["id_code"], test_sites["sirna"], strict=True)
     }
@@ -272,7 +276,11 @@ def test_in_memory_predictor_serves_what_the_export_serves(tiny_data, members):
         {"model": inference.load_export(member["export"])}, data_dir, builder, "test", **options
     )
     in_memory = inference.predict_split(
-        {"model": inference.from_run_folder(member["workdir"])}, data_dir, builder, "test", **options
+        {"model": inference.from_run_folder(member["workdir"])},
+        data_dir,
+        builder,
+        "test",
+        **options,
     )
     assert exported.wells.equals(in_memory.wells)
     np.testing.assert_allclose(exported.logits["model"], in_memory.logits["model"], atol=1e-4)

@@ -47,7 +47,15 @@ def test_sigmoid_rampup_vectorised_and_in_graph():
 
 @pytest.mark.parametrize(
     "epoch, length, expected",
-    [(0, 16, 0.0), (4, 16, 0.25), (12.8, 16, 0.8), (16, 16, 1.0), (30, 16, 1.0), (-2, 16, 0.0), (5, 0, 1.0)],
+    [
+        (0, 16, 0.0),
+        (4, 16, 0.25),
+        (12.8, 16, 0.8),
+        (16, 16, 1.0),
+        (30, 16, 1.0),
+        (-2, 16, 0.0),
+        (5, 0, 1.0),
+    ],
 )
 def test_linear_rampup_hand_values(epoch, length, expected):
     np.testing.assert_allclose(float(schedules.linear_rampup(epoch, length)), expected, rtol=1e-6)
@@ -59,7 +67,9 @@ def test_linear_rampup_hand_values(epoch, length, expected):
      (17, 16, 100.0 * math.exp(-5.0 * 0.5**2)), (18, 16, 100.0), (40, 16, 100.0), (0, 0, 100.0 * math.exp(-5.0))],
 )  # fmt: skip
 def test_consistency_weight_is_zero_before_the_start_then_ramps(epoch, start, expected):
-    weight = schedules.consistency_weight(epoch, max_weight=100.0, rampup_epochs=2, start_epoch=start)
+    weight = schedules.consistency_weight(
+        epoch, max_weight=100.0, rampup_epochs=2, start_epoch=start
+    )
     np.testing.assert_allclose(float(weight), expected, rtol=1e-6)
 
 

@@ -136,9 +136,15 @@ def test_export_loads_without_the_package_and_matches_the_best_checkpoint(run, t
     # Reference: the student (Model 2 has no teacher) of the best checkpoint, normalized in numpy.
     model = restore(run["workdir"], "best.weights.h5")
     assert not model.has_teacher
-    normalized = (inputs["image"] - inputs["mean"][:, None, None, :]) / inputs["std"][:, None, None, :]
-    embedding = np.asarray(model.student_backbone(normalized.astype(np.float32), training=False), np.float64)
-    logits = np.asarray(model.student_head(embedding.astype(np.float32), training=False), np.float64)
+    normalized = (inputs["image"] - inputs["mean"][:, None, None, :]) / inputs["std"][
+        :, None, None, :
+    ]
+    embedding = np.asarray(
+        model.student_backbone(normalized.astype(np.float32), training=False), np.float64
+    )
+    logits = np.asarray(
+        model.student_head(embedding.astype(np.float32), training=False), np.float64
+    )
     sirna_logits = logits[:, : constants.NUM_SIRNAS]
     probabilities = np.exp(sirna_logits - sirna_logits.max(axis=1, keepdims=True))
     probabilities /= probabilities.sum(axis=1, keepdims=True)
@@ -151,7 +157,9 @@ def test_export_loads_without_the_package_and_matches_the_best_checkpoint(run, t
 def test_best_score_so_far_reads_the_logged_scores(tmp_path):
     path = tmp_path / "metrics.csv"
     assert training.best_score_so_far(str(path), "val_teacher_accuracy") is None
-    path.write_text("epoch,loss,val_teacher_accuracy\n0,2.0,0.25\n1,1.5,0.5\n2,1.2,nan\n3,1.1,0.375\n")
+    path.write_text(
+        "epoch,loss,val_teacher_accuracy\n0,2.0,0.25\n1,1.5,0.5\n2,1.2,nan\n3,1.1,0.375\n"
+    )
     assert training.best_score_so_far(str(path), "val_teacher_accuracy") == 0.5
     assert training.best_score_so_far(str(path), "val_student_accuracy") is None
 
@@ -162,6 +170,8 @@ def test_build_network_builds_batch_norm_with_the_configured_momentum():
     config.model.batch_norm_momentum = 0.7
     network = factory.build_network(config.model, IMAGE_SIZE, "probe")
     momenta = {
-        layer.momentum for layer in network["backbone"].layers if "BatchNormalization" in type(layer).__name__
+        layer.momentum
+        for layer in network["backbone"].layers
+        if "BatchNormalization" in type(layer).__name__
     }
     assert momenta == {0.7}

@@ -68,7 +68,10 @@ def export_failed_once(data_dir, tmp_path_factory):
             training.run(tiny_config(data_dir), str(folder))
     assert export.export_saved_model is original
     after_fault = logged_epochs(folder)
-    state = {"marker": (folder / resume.FIT_FINISHED_FILE).is_file(), "backup": (folder / "backup").exists()}
+    state = {
+        "marker": (folder / resume.FIT_FINISHED_FILE).is_file(),
+        "backup": (folder / "backup").exists(),
+    }
     training.run(tiny_config(data_dir), str(folder))
     return folder, after_fault, state
 
@@ -82,7 +85,9 @@ def test_rerun_after_a_failed_export_finishes_without_training(export_failed_onc
     assert workdir.read_done(folder)["checkpoint"].endswith("best.weights.h5")
 
 
-def test_resumed_run_logs_the_losses_of_an_uninterrupted_one(export_failed_once, data_dir, tmp_path, monkeypatch):
+def test_resumed_run_logs_the_losses_of_an_uninterrupted_one(
+    export_failed_once, data_dir, tmp_path, monkeypatch
+):
     import keras
 
     uninterrupted = export_failed_once[0]
@@ -104,9 +109,13 @@ def test_resumed_run_logs_the_losses_of_an_uninterrupted_one(export_failed_once,
 
     resumed, reference = logged_epochs(folder), logged_epochs(uninterrupted)
     assert list(resumed["epoch"]) == list(range(EPOCHS))
-    losses = [name for name in reference.columns if name.endswith("loss") or name.endswith("accuracy")]
+    losses = [
+        name for name in reference.columns if name.endswith("loss") or name.endswith("accuracy")
+    ]
     assert "loss" in losses
-    np.testing.assert_allclose(resumed[losses].to_numpy(), reference[losses].to_numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        resumed[losses].to_numpy(), reference[losses].to_numpy(), rtol=1e-5, atol=1e-6
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -183,7 +192,9 @@ def test_rerun_with_another_config_is_refused_before_config_json_changes(data_di
     changed = tiny_config(data_dir)
     changed.model.width = 0.125
     changed.train.learning_rates = (1e-3, 1e-3, 1e-4)
-    message = assert_refused(tmp_path, changed, "config.json", "model.width: 0.0625 -> 0.125", "train.learning_rates")
+    message = assert_refused(
+        tmp_path, changed, "config.json", "model.width: 0.0625 -> 0.125", "train.learning_rates"
+    )
     assert (tmp_path / "config.json").read_text() == stored
     assert "\n" not in message
 

@@ -15,7 +15,9 @@ import numpy as np
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--devices", type=int, default=1)
-    parser.add_argument("--strategy", default="default", choices=["default", "mirrored", "multi_worker"])
+    parser.add_argument(
+        "--strategy", default="default", choices=["default", "mirrored", "multi_worker"]
+    )
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
@@ -32,7 +34,9 @@ def main():
             cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(args.devices)]
         )
     if args.strategy == "mirrored":
-        strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
+        strategy = tf.distribute.MirroredStrategy(
+            [d.name for d in tf.config.list_logical_devices("CPU")]
+        )
     elif args.strategy == "multi_worker":
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     else:
@@ -44,8 +48,16 @@ def main():
 
     def stream(count, labelled, offset):
         images = rng.integers(0, 256, (count, size, size, channels)).astype(np.uint8)
-        labels = rng.integers(0, classes, count).astype(np.int32) if labelled else np.full(count, -1, np.int32)
-        pseudo = np.full(count, -1, np.int32) if labelled else rng.integers(-1, classes, count).astype(np.int32)
+        labels = (
+            rng.integers(0, classes, count).astype(np.int32)
+            if labelled
+            else np.full(count, -1, np.int32)
+        )
+        pseudo = (
+            np.full(count, -1, np.int32)
+            if labelled
+            else rng.integers(-1, classes, count).astype(np.int32)
+        )
         return tf.data.Dataset.from_tensor_slices(
             {
                 "image": images,
@@ -69,7 +81,9 @@ def main():
         backbone = keras.Sequential(
             [
                 keras.Input((size, size, channels)),
-                keras.layers.Conv2D(4, 3, use_bias=False),  # a bias before BN has only round-off gradients
+                keras.layers.Conv2D(
+                    4, 3, use_bias=False
+                ),  # a bias before BN has only round-off gradients
                 keras.layers.BatchNormalization(synchronized=True),
                 keras.layers.GlobalAveragePooling2D(),
                 keras.layers.Dense(8),
@@ -95,7 +109,9 @@ def main():
     if args.steps:
         history = model.fit(dataset, epochs=args.steps, steps_per_epoch=1, verbose=0).history
     teacher = np.concatenate([v.numpy().ravel() for v in model.teacher_variables])
-    teacher_stats = np.concatenate([v.numpy().ravel() for v in model.teacher_backbone.non_trainable_weights])
+    teacher_stats = np.concatenate(
+        [v.numpy().ravel() for v in model.teacher_backbone.non_trainable_weights]
+    )
     print(
         json.dumps(
             {
