@@ -3,10 +3,10 @@
 The help format and `--verbose` of every command; the flags and the checks of the commands that run
 a SavedModel over a split (predict, embed). The split comes from a built TFDS data set
 (`--data_dir`) or straight from an RxRx1 source folder of PNGs (`--images`,
-`deepnoise_tf.raw_images`); both feed the same `inference.predict_wells`. The checks run before any work: a mistake costs one line
-on stderr and exit status 2 (`parser.error`), not a pass over a whole split. This module imports
-no TensorFlow, so `--help` and the cheap checks answer at once; the checks that read the data set
-import it when they run, after `quiet.configure`.
+`deepnoise_tf.raw_images`); both feed the same `inference.predict_wells`. The checks run before
+any work: a mistake costs one line on stderr and exit status 2 (`parser.error`), not a pass over a
+whole split. This module imports no TensorFlow, so `--help` and the cheap checks answer at once;
+the checks that read the data set import it when they run, after `quiet.configure`.
 """
 
 from __future__ import annotations
