@@ -268,6 +268,7 @@ def _fit(config, folder: str, model, layout, pseudo_labels, resumed_epoch: int) 
         validation_data=validation,
         validation_freq=config.train.eval_every_epochs,
         callbacks=_callbacks(config, folder, validation is not None),
+        shuffle=False,  # the stream is shuffled by `data.training_dataset`; Keras would warn and ignore it
         verbose=1 if sys.stdout.isatty() else 2,
     )
 
