@@ -16,7 +16,7 @@ finished step is never redone); its validation logits are cached in `DIR/<step>/
 `DIR/ablation.csv` (per cell type: `DIR/ablation_by_cell_type.csv`), the charts
 `DIR/figure_3a.png` and `DIR/figure_3b.png`.
 
-`--scale cpu` runs every config's `:cpu` variant with `config.ablation_scale_settings("cpu")` (without `--data_dir`: the
+`--scale cpu` runs every config's `:cpu` variant with `scales.ablation_scale_settings("cpu")` (without `--data_dir`: the
 synthetic `ablation` preset, generated into `DIR/data`): 38 CPU-minutes, about 50 minutes on 2
 busy cores (docs/ablation.md). `--scale cpu_morphology` does the same on the `ablation_morphology`
 preset (a phenotype of cell shape) for 64 epochs at a third of the CPU learning rate, with the

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
-from deepnoise_tf import baselines, data, evaluation, plots
+from deepnoise_tf import baselines, data, evaluation, plots, scales
 from deepnoise_tf import config as config_lib
 from deepnoise_tf import workdir as workdir_lib
 
@@ -86,8 +86,8 @@ FIGURE_3A = ("norm_cell_type", "norm_experiment", "norm_plate")
 FIGURE_3B = ("norm_plate", "arcface", "mean_teacher", "ensemble", "postprocess")
 
 # The scales (`--scale cpu|cpu_morphology|paper`) and why each setting is what it is: config code,
-# `config.ablation_scale_settings`.
-SCALES = config_lib.ABLATION_SCALES
+# `deepnoise_tf.scales`.
+SCALES = scales.ABLATION_SCALES
 
 # ------------------------------------------------------------------------------------------------
 # Configs (pure)
@@ -107,7 +107,7 @@ def step_config(step: Step, *, scale: str = "cpu", overrides: dict[str, str] | N
     file = pathlib.Path(configs_dir or config_lib.bundled_configs_dir()) / step.config_file
     spec = str(file) + (f":{variant}" if variant else "")
     config = config_lib.load(spec)
-    config = config_lib.apply_ablation_scale(config, scale)
+    config = scales.apply_ablation_scale(config, scale)
     config = config_lib.apply_overrides(config, dict(overrides or {}))
     config = config_lib.apply_overrides(config, {k: repr(v) for k, v in step.overrides})
     return config_lib.validate(config)

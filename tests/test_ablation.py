@@ -15,7 +15,15 @@ import pytest
 import scipy.special
 import tensorflow_datasets as tfds
 
-from deepnoise_tf import ablation, ablation_steps, baselines, constants, evaluation, synthetic
+from deepnoise_tf import (
+    ablation,
+    ablation_steps,
+    baselines,
+    constants,
+    evaluation,
+    scales,
+    synthetic,
+)
 from deepnoise_tf import config as config_lib
 from deepnoise_tf import workdir as workdir_lib
 
@@ -149,7 +157,7 @@ def test_steps_differ_only_where_the_paper_ablation_says():
     assert differing_fields(configs["mean_teacher_wide"], configs["mean_teacher"]) == {
         "model.backbone"
     }
-    for name, value in config_lib.ablation_scale_settings("cpu").items():
+    for name, value in scales.ablation_scale_settings("cpu").items():
         section, field = name.split(".")
         assert all(config[section][field] == value for config in configs.values())
     morphology = ablation_steps.step_config(ablation_steps.STEPS[3], scale="cpu_morphology")

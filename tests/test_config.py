@@ -5,7 +5,7 @@ import pathlib
 import pytest
 
 from deepnoise_tf import config as config_lib
-from deepnoise_tf import config_flags
+from deepnoise_tf import config_flags, scales
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -251,30 +251,30 @@ def test_backbone_and_stem_choices_come_from_the_models_module():
 
 
 def test_ablation_scales_set_their_fields_on_the_cpu_configs():
-    assert config_lib.ABLATION_SCALES == ("cpu", "cpu_morphology", "paper")
+    assert scales.ABLATION_SCALES == ("cpu", "cpu_morphology", "paper")
     cpu = config_lib.load(str(CONFIGS / "model2_arcface.py") + ":cpu")
-    scaled = config_lib.apply_ablation_scale(
+    scaled = scales.apply_ablation_scale(
         config_lib.load(str(CONFIGS / "model2_arcface.py") + ":cpu"), "cpu"
     )
     assert scaled.data.synthetic_preset == "ablation"
     # Idempotent. (apply_ablation_scale works in place: the reference is taken before the second call.)
     once = config_lib.to_json(scaled)
-    assert config_lib.to_json(config_lib.apply_ablation_scale(scaled, "cpu")) == once
-    morphology = config_lib.apply_ablation_scale(cpu, "cpu_morphology")
+    assert config_lib.to_json(scales.apply_ablation_scale(scaled, "cpu")) == once
+    morphology = scales.apply_ablation_scale(cpu, "cpu_morphology")
     assert morphology.data.synthetic_preset == "ablation_morphology"
     assert morphology.train.epochs == 64 and morphology.train.lr_epoch_boundaries == (48, 58)
     assert morphology.train.learning_rates == (1e-3, 3.3e-4, 3.3e-5)
     assert morphology.model.arcface_margin_warmup_epochs == 16.0
     assert morphology.mean_teacher.consistency_start_epoch == 32.0
     paper = config_lib.load(str(CONFIGS / "model2_arcface.py"))
-    assert config_lib.to_json(
-        config_lib.apply_ablation_scale(paper, "paper")
-    ) == config_lib.to_json(config_lib.load(str(CONFIGS / "model2_arcface.py")))
+    assert config_lib.to_json(scales.apply_ablation_scale(paper, "paper")) == config_lib.to_json(
+        config_lib.load(str(CONFIGS / "model2_arcface.py"))
+    )
 
 
 def test_unknown_ablation_scale_lists_the_valid_ones():
     with pytest.raises(ValueError) as error:
-        config_lib.apply_ablation_scale(config_lib.default_config(), "cpu_morpholgy")
+        scales.apply_ablation_scale(config_lib.default_config(), "cpu_morpholgy")
     assert str(error.value) == (
         "unknown ablation scale 'cpu_morpholgy' (did you mean 'cpu_morphology'?); "
         "valid scales: cpu, cpu_morphology, paper"
