@@ -1,7 +1,7 @@
 """Time the plate-prior post-processing on a full RxRx1-sized Kaggle test set.
 
 18 experiments x 4 plates x 277 treatment wells x 1108 siRNAs (docs/method.md §1, §8), with
-synthetic log-probabilities: every well's true siRNA gets a logit bonus so the plates look like a
+synthetic logits: every well's true siRNA gets a logit bonus so the plates look like a
 model's output (argmax accuracy printed), groups and plate rotations drawn at random in the RxRx1
 layout.
 Times ``assign`` and ``greedy_balance`` per plate with the plate restriction off (all 1108 classes)
@@ -21,36 +21,38 @@ import numpy as np
 import pandas as pd
 import scipy
 
-from deepnoise_tf import postprocess
+from deepnoise_tf import plate_design, postprocess
 from deepnoise_tf.constants import NUM_PLATE_GROUPS, NUM_SIRNAS, SIRNAS_PER_PLATE
 
 
 def synthetic_test_set(rng, num_experiments, signal, scale):
-    """Table, float32 log-probs [N, 1108], true siRNAs, siRNA groups and rotation per experiment."""
+    """Table, float32 well logits [N, 1108], true siRNAs, the plate design (RxRx1's order) and the
+    rotation (group of plate 1) per experiment."""
     groups = np.empty(NUM_SIRNAS, dtype=np.int64)
     members = rng.permutation(NUM_SIRNAS).reshape(NUM_PLATE_GROUPS, SIRNAS_PER_PLATE)
     members = members[np.argsort(members.min(axis=1))]  # groups numbered by smallest member
     for group, ids in enumerate(members):
         groups[ids] = group
     rotations = rng.integers(0, NUM_PLATE_GROUPS, size=num_experiments)
-    rows, truths, log_probs = [], [], []
+    rows, truths, well_logits = [], [], []
     for experiment, g1 in enumerate(rotations):
         for plate in range(1, NUM_PLATE_GROUPS + 1):
             truth = rng.permutation(members[(g1 + plate - 1) % NUM_PLATE_GROUPS])
             logits = rng.normal(size=(len(truth), NUM_SIRNAS))
             logits[np.arange(len(truth)), truth] += signal
-            log_probs.append(postprocess.log_softmax(logits * scale).astype(np.float32))
+            well_logits.append((logits * scale).astype(np.float32))
             truths.append(truth)
             rows += [(f"SYN-{experiment:02d}", plate)] * len(truth)
     table = pd.DataFrame(rows, columns=["experiment", "plate"])
-    return table, np.concatenate(log_probs), np.concatenate(truths), groups, rotations
+    design = plate_design.cyclic_design(groups, range(NUM_PLATE_GROUPS), NUM_PLATE_GROUPS)
+    return table, np.concatenate(well_logits), np.concatenate(truths), design, rotations
 
 
 def time_per_plate(function, plates):
-    """Total seconds and predictions of ``function(log_probs, mask)`` over all plates."""
+    """Total seconds and predictions of ``function(logits, mask)`` over all plates."""
     predictions, start = [], time.perf_counter()
-    for log_probs, mask in plates:
-        predictions.append(function(log_probs, mask))
+    for logits, mask in plates:
+        predictions.append(function(logits, mask))
     return time.perf_counter() - start, np.concatenate(predictions)
 
 
@@ -64,20 +66,18 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     rng = np.random.default_rng(args.seed)
-    table, log_probs, truth, groups, rotations = synthetic_test_set(
+    table, logits, truth, design, rotations = synthetic_test_set(
         rng, args.experiments, args.signal, args.scale
     )
     plate_rows = {
         key: np.asarray(rows)
         for key, rows in table.groupby(["experiment", "plate"]).indices.items()
     }
-    unrestricted = [(log_probs[rows], None) for rows in plate_rows.values()]
+    unrestricted = [(logits[rows], None) for rows in plate_rows.values()]
     restricted = [
         (
-            log_probs[rows],
-            postprocess.plate_candidate_mask(
-                (rotations[int(experiment[4:])] + plate - 1) % NUM_PLATE_GROUPS, groups
-            ),
+            logits[rows],
+            design.candidate_mask((rotations[int(experiment[4:])] + plate - 1) % NUM_PLATE_GROUPS),
         )
         for (experiment, plate), rows in plate_rows.items()
     ]
@@ -87,7 +87,7 @@ def main(argv=None):
 
     results = {}
     load = _report.load_average()
-    accuracies = {"argmax": float(np.mean(np.argmax(log_probs, axis=1) == truth))}
+    accuracies = {"argmax": float(np.mean(np.argmax(logits, axis=1) == truth))}
     for name, function, plates in [
         ("assign, all 1108 classes", postprocess.assign, unrestricted),
         ("assign, plate group (277)", postprocess.assign, restricted),
@@ -103,7 +103,7 @@ def main(argv=None):
             flush=True,
         )
     start = time.perf_counter()
-    prediction = postprocess.postprocess_predictions(table, log_probs, "assign", groups)
+    prediction = postprocess.postprocess_predictions(table, logits, "assign", design)
     name = "postprocess_predictions(assign, inferred rotation)"
     results[name] = time.perf_counter() - start
     accuracies[name] = float(np.mean(prediction == truth))

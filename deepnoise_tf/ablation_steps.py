@@ -255,13 +255,13 @@ def run_floor_step(config, root: pathlib.Path) -> str:
 
 
 def step_predictions(
-    step: Step, cached: dict, *, sirna_groups=None, method: str = "assign"
+    step: Step, cached: dict, *, plate_design=None, method: str = "assign"
 ) -> tuple[pd.DataFrame, str]:
     """`(table, column)`: the treatment wells with `label` and the step's prediction in `column`.
 
     Single models and the ensemble: `raw_prediction`, the argmax over the siRNAs (no plate
-    knowledge); `plate_prior`: `prediction`, the ensemble's logits through the plate prior (groups
-    from the training experiments, rotation inferred).
+    knowledge); `plate_prior`: `prediction`, the ensemble's logits through the plate prior (plate
+    design learned from the training experiments, each experiment's assignment inferred).
     """
     if step.members:
         wells = cached[step.members[0]][0]
@@ -271,8 +271,8 @@ def step_predictions(
     else:
         wells, logits = cached[step.name]
     if not step.plate_prior:
-        method, sirna_groups = "none", None  # the prior is not wanted: skip its work
-    table = evaluation.well_predictions(wells, logits, method=method, sirna_groups=sirna_groups)
+        method, plate_design = "none", None  # the prior is not wanted: skip its work
+    table = evaluation.well_predictions(wells, logits, method=method, plate_design=plate_design)
     return table, "prediction" if step.plate_prior else "raw_prediction"
 
 
@@ -281,14 +281,14 @@ TABLE_COLUMNS = ("step", "figure", "description", "sources", "minutes", "paper_a
 CELL_TYPE_COLUMNS = ("step", "cell_type", "wells", "correct", "accuracy")
 
 
-def score_steps(cached: dict, seconds: dict, *, sirna_groups=None, method: str = "assign"):
+def score_steps(cached: dict, seconds: dict, *, plate_design=None, method: str = "assign"):
     """`(table, by_cell_type)` for every step whose inputs are in `cached`, in `STEPS` order."""
     rows, cell_rows = [], []
     for step in STEPS:
         needed = step.members or (step.name,)
         if not all(name in cached for name in needed):
             continue
-        table, column = step_predictions(step, cached, sirna_groups=sirna_groups, method=method)
+        table, column = step_predictions(step, cached, plate_design=plate_design, method=method)
         accuracy = evaluation.accuracy_table(
             table["label"].to_numpy(), table[column].to_numpy(), table["cell_type"].to_numpy()
         )
@@ -424,13 +424,13 @@ def load_cached(root: pathlib.Path, configs: dict) -> tuple[dict, dict]:
 
 def write_results(root, reference, cached, seconds, *, method, data_label) -> pd.DataFrame:
     """Scores the cached steps; writes the tables and charts, prints the table and the checks."""
-    groups = None
+    design = None
     if all(name in cached for name in STEPS_BY_NAME["postprocess"].members):
-        groups = data.sirna_groups_from_split(
+        design = data.plate_design_from_split(
             reference.data.data_dir or None, reference.data.builder, "train",
             exclude_experiments=tuple(reference.data.val_experiments),
         )  # fmt: skip
-    table, by_cell_type = score_steps(cached, seconds, sirna_groups=groups, method=method)
+    table, by_cell_type = score_steps(cached, seconds, plate_design=design, method=method)
     workdir_lib.write_csv(table, root / TABLE_FILE)
     workdir_lib.write_csv(by_cell_type, root / CELL_TYPE_TABLE_FILE)
     evaluated = ", ".join(reference.data.val_experiments)

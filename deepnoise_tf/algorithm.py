@@ -11,7 +11,6 @@ import copy
 import os
 import time
 
-import numpy as np
 import pandas as pd
 
 from deepnoise_tf import data, pipeline_config, pseudo_labels, stages, training
@@ -23,17 +22,17 @@ RESULTS_BY_CELL_TYPE_FILE = "results_by_cell_type.csv"
 SUMMARY_FILE = "summary.json"
 
 
-def labelled_groups(config) -> np.ndarray:
-    """The siRNA groups from the labelled training wells (validation experiments left out)."""
-    groups = data.sirna_groups_from_split(
+def labelled_plate_design(config):
+    """The plate design learned from the labelled training wells (validation experiments left out)."""
+    design = data.plate_design_from_split(
         config.data.data_dir, config.data.builder, "train",
         exclude_experiments=tuple(config.data.val_experiments),
     )  # fmt: skip
-    if groups is None:
+    if design is None:
         raise ValueError(
-            "no labelled treatment wells outside the validation experiments: no plate groups"
+            "no labelled treatment wells outside the validation experiments: no plate design"
         )
-    return groups
+    return design
 
 
 def results_table(evaluations: list[dict]) -> pd.DataFrame:
@@ -128,7 +127,7 @@ def run(config, workdir: str) -> dict:
     if not index.test_experiments:
         raise ValueError("the test split has no experiments: nothing to pseudo-label")
     context = stages.Context(
-        config, workdir, labelled_groups(config), tuple(index.test_experiments)
+        config, workdir, labelled_plate_design(config), tuple(index.test_experiments)
     )
     stages.log(
         f"{len(context.members)} models {list(context.members)}, {pipeline.pseudo_label_rounds} pseudo-label "
@@ -137,6 +136,7 @@ def run(config, workdir: str) -> dict:
         f"{index.labelled_wells} labelled wells, {index.unlabelled_wells} unlabelled in "
         f"{len(context.test_experiments)} test experiments, validation on {list(config.data.val_experiments)}"
     )
+    stages.log(f"plate design: {context.plate_design.describe()}")
 
     evaluations: list[dict] = []
     for round_index in range(int(pipeline.pseudo_label_rounds) + 1):

@@ -196,13 +196,13 @@ def well_outputs(arguments: argparse.Namespace, predictors: dict, **options):
     return inference.predict_split(predictors, arguments.data_dir, **options)
 
 
-def sirna_groups(arguments: argparse.Namespace, split: str):
-    """The siRNA groups from the labelled `split` of whichever source the flags name."""
+def plate_design(arguments: argparse.Namespace, split: str):
+    """The plate design learned from the labelled `split` of whichever source the flags name."""
     from deepnoise_tf import data, raw_images
 
     if arguments.images:
-        return raw_images.sirna_groups(arguments.images, split)
-    return data.sirna_groups_from_split(arguments.data_dir, arguments.builder, split)
+        return raw_images.plate_design(arguments.images, split)
+    return data.plate_design_from_split(arguments.data_dir, arguments.builder, split)
 
 
 def sirna_names(arguments: argparse.Namespace, predictor) -> dict[int, str]:

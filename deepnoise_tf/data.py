@@ -357,16 +357,15 @@ def evaluation_dataset(
     return dataset.batch(batch_size or config.train.batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def sirna_groups_from_split(
-    data_dir, builder: str, split: str = "train", exclude_experiments=()
-) -> np.ndarray | None:
-    """The siRNA groups of the plate design (`postprocess.sirna_groups_from_labels`) from the labels
-    of a split, leaving out `exclude_experiments` (e.g. the validation experiments being scored).
+def plate_design_from_split(data_dir, builder: str, split: str = "train", exclude_experiments=()):
+    """The plate design (`plate_design.learn_plate_design`: siRNA groups and their order over the
+    plates) learned from the labelled wells of a split, leaving out `exclude_experiments` (e.g. the
+    validation experiments being scored).
 
     Reads identifiers and labels only, never images. None when the split is absent or holds no
     labelled treatment well.
     """
-    from deepnoise_tf import postprocess
+    from deepnoise_tf import plate_design
 
     register_builder()
     if split not in tfds.builder(builder, data_dir=data_dir or None).info.splits:
@@ -387,10 +386,10 @@ def sirna_groups_from_split(
         labels.append(batch["sirna"][keep])
     if not experiments:
         return None
-    groups = postprocess.sirna_groups_from_labels(
+    design = plate_design.learn_plate_design(
         np.concatenate(experiments), np.concatenate(plates), np.concatenate(labels)
     )
-    return groups if (groups >= 0).any() else None
+    return design if (design.sirna_groups >= 0).any() else None
 
 
 def require_built(data_dir, builder: str) -> None:

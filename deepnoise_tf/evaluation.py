@@ -85,21 +85,23 @@ def align_wells(reference: pd.DataFrame, wells: pd.DataFrame, values: np.ndarray
 
 
 def well_predictions(
-    wells: pd.DataFrame, logits: np.ndarray, *, method: str = "assign", sirna_groups=None
+    wells: pd.DataFrame, logits: np.ndarray, *, method: str = "assign", plate_design=None
 ) -> pd.DataFrame:
     """The treatment wells with `raw_prediction` (argmax over the siRNAs) and `prediction`.
 
     `prediction` is `postprocess.postprocess_predictions` with `method`: "assign"/"balance" use the
-    plate prior (each plate restricted to its group when `sirna_groups` is known, each siRNA once per
-    plate); "none" is the argmax, restricted to the plate's group when the groups are known.
+    plate prior (each plate restricted to its group when a consistent `plate_design`, learned from
+    labelled plates, is given; each siRNA once per plate); "none" is the argmax, restricted to the
+    plate's group when the design is known. The siRNA logits go in as they are (control columns
+    dropped, not renormalised): greedy balancing softmaxes them over the wells, as the paper does.
     """
     if method not in postprocess.METHODS:
         raise ValueError(f"method must be one of {postprocess.METHODS}, got {method!r}")
     table, treatment_logits = treatment_wells(wells, logits)
-    log_probs = postprocess.sirna_log_probs(treatment_logits)
-    table["raw_prediction"] = np.argmax(log_probs, axis=1)
+    sirna_logits = np.asarray(treatment_logits, dtype=np.float64)[:, : constants.NUM_SIRNAS]
+    table["raw_prediction"] = np.argmax(sirna_logits, axis=1)
     table["prediction"] = postprocess.postprocess_predictions(
-        table, log_probs, method=method, sirna_groups=sirna_groups
+        table, sirna_logits, method=method, plate_design=plate_design
     )
     return table
 

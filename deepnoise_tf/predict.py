@@ -4,9 +4,9 @@ Runs any SavedModel of this package (one model or an ensemble, `deepnoise_tf.exp
 the TFDS `rxrx1` data set and writes the Kaggle submission (`id_code,sirna`, one row per treatment
 well; the labels of control wells are known, so they are not predicted). The sites of a well and the
 optional 8 dihedral test-time views are averaged in logit space (`deepnoise_tf.inference`), then the
-plate prior is applied (`deepnoise_tf.evaluation`: siRNA groups derived from the train split's
-labels, each test experiment's plate rotation inferred from the predictions; exact assignment by
-default). When the predicted wells carry labels (the release layout, the synthetic data), accuracy
+plate prior is applied (`deepnoise_tf.evaluation`: the plate design, siRNA groups and their order
+over the plates, learned from the train split's labels, each test experiment's assignment of groups
+to plates inferred from the predictions; exact assignment by default). When the predicted wells carry labels (the release layout, the synthetic data), accuracy
 overall and per cell type, before and after post-processing, is printed and written to
 `<output stem>_accuracy.csv`.
 
@@ -71,7 +71,7 @@ def parse_arguments(argv):
     parser.add_argument(
         "--groups_split",
         default="train",
-        help='labelled split the siRNA groups of the plate prior come from ("": no plate groups)',
+        help='labelled split the plate design of the plate prior is learned from ("": no plate groups)',
     )
     arguments = parser.parse_args(argv)
     cli.check_model(parser, arguments.model)
@@ -91,9 +91,11 @@ def main(argv=None) -> pd.DataFrame:
     cli.check_source(parser, arguments, splits)
     predictor = inference.load_export(arguments.model)
     outputs = cli.well_outputs(arguments, {"model": predictor})
-    groups = cli.sirna_groups(arguments, arguments.groups_split) if arguments.groups_split else None
+    design = cli.plate_design(arguments, arguments.groups_split) if arguments.groups_split else None
+    if design is not None:
+        print(f"[deepnoise] plate design: {design.describe()}", flush=True)
     predictions = evaluation.well_predictions(
-        outputs.wells, outputs.logits["model"], method=arguments.postprocess, sirna_groups=groups
+        outputs.wells, outputs.logits["model"], method=arguments.postprocess, plate_design=design
     )
     predictions = cli.with_sirna_names(
         predictions, cli.sirna_names(arguments, predictor), "prediction"

@@ -172,23 +172,23 @@ def predict_source(predictors: dict, root, *, split: str | None = "test", **opti
     return inference.predict_wells(predictors, batches, **options)
 
 
-def sirna_groups(root, split: str = "train") -> np.ndarray | None:
-    """The siRNA groups (`postprocess.sirna_groups_from_labels`) from a source folder's labels.
+def plate_design(root, split: str = "train"):
+    """The plate design (`plate_design.learn_plate_design`) learned from a source folder's labels.
 
-    The raw-image counterpart of `data.sirna_groups_from_split`; reads metadata only, no pixels.
+    The raw-image counterpart of `data.plate_design_from_split`; reads metadata only, no pixels.
     """
-    from deepnoise_tf import postprocess
+    from deepnoise_tf import plate_design as plate_design_lib
 
     _, sites = source.read_source(source.find_source_root(epath.Path(root)))
     labelled = [site for site in sites if site.split == split]
     if not labelled:
         return None
-    groups = postprocess.sirna_groups_from_labels(
+    design = plate_design_lib.learn_plate_design(
         [site.experiment for site in labelled],
         [site.plate for site in labelled],
         [site.sirna for site in labelled],
     )
-    return groups if (groups >= 0).any() else None
+    return design if (design.sirna_groups >= 0).any() else None
 
 
 def sirna_names(root) -> dict[int, str]:

@@ -86,14 +86,14 @@ def validation_accuracy(workdir, config, *, split, experiments, method, progress
         cell_types=tuple(config.data.cell_types),
         progress=progress,
     )
-    groups = data.sirna_groups_from_split(
+    design = data.plate_design_from_split(
         data_dir,
         config.data.builder,
         "train",
         exclude_experiments=tuple(config.data.val_experiments),
     )
     predictions = evaluation.well_predictions(
-        outputs.wells, outputs.logits["model"], method=method, sirna_groups=groups
+        outputs.wells, outputs.logits["model"], method=method, plate_design=design
     )
     report = evaluation.accuracy_report(predictions, method)
     if report is None:
@@ -166,8 +166,9 @@ def write_report(
         lines += ["## Validation accuracy per cell type (treatment wells)", ""]
         lines += ["![per cell type](cell_type_accuracy.png)", "", markdown_table(accuracy), ""]
         lines += [
-            "`raw`: argmax over the siRNAs; the other stage adds the plate prior (siRNA groups from "
-            "the training experiments, plate rotation inferred from the predictions). The validation "
+            "`raw`: argmax over the siRNAs; the other stage adds the plate prior (plate design "
+            "learned from the training experiments, each experiment's assignment of groups to "
+            "plates inferred from the predictions). The validation "
             "experiments also chose the checkpoint, so these numbers are slightly optimistic.",
             "",
         ]

@@ -38,11 +38,12 @@ def free_memory() -> None:
 
 @dataclasses.dataclass
 class Context:
-    """What every stage needs: the config (data location filled in), the workdir and the groups."""
+    """What every stage needs: the config (data location filled in), the workdir and the plate
+    design learned from the training plates."""
 
     config: object
     workdir: str
-    sirna_groups: np.ndarray
+    plate_design: object  # plate_design.PlateDesign
     test_experiments: tuple
 
     @property
@@ -93,7 +94,7 @@ def member_logits(
 
 
 def prediction_columns(
-    wells, logits: dict[str, np.ndarray], members, method: str, sirna_groups
+    wells, logits: dict[str, np.ndarray], members, method: str, plate_design
 ) -> dict:
     """`{"<model>": argmax, "<model>+<method>": with the plate prior}` for each member and the ensemble."""
     named = dict(logits)
@@ -104,7 +105,7 @@ def prediction_columns(
             wells,
             named[name],
             method=method,
-            sirna_groups=None if method == "none" else sirna_groups,
+            plate_design=None if method == "none" else plate_design,
         )
         columns[name] = table["raw_prediction"].to_numpy()
         if method != "none":
@@ -210,7 +211,7 @@ def evaluate_stage(
     )
     members = tuple(run_folders)
     columns = prediction_columns(
-        val_wells, val_logits, members, context.method, context.sirna_groups
+        val_wells, val_logits, members, context.method, context.plate_design
     )
     rows = accuracy_rows(round_name, val_wells, columns)
     save_logits(os.path.join(directory, "val_logits.npz"), val_wells, val_logits)
@@ -219,7 +220,7 @@ def evaluate_stage(
         val_wells.assign(**columns), os.path.join(directory, "val_predictions.csv")
     )
     test_columns = prediction_columns(
-        test_wells, test_logits, members, context.method, context.sirna_groups
+        test_wells, test_logits, members, context.method, context.plate_design
     )
     workdir_lib.write_csv(
         test_wells.drop(columns="label").assign(**test_columns),
@@ -266,7 +267,7 @@ def _refreshed_labels(
     bank = pseudo_labels.blend_bank(bank, source_logits, weight)
     method = context.method
     table = evaluation.well_predictions(
-        wells, bank, method=method, sirna_groups=None if method == "none" else context.sirna_groups
+        wells, bank, method=method, plate_design=None if method == "none" else context.plate_design
     )
     column = "raw_prediction" if method == "none" else "prediction"
     labels = table[["id_code", "experiment", "plate", "well", "cell_type"]].assign(
@@ -395,7 +396,7 @@ def finetune_evaluation(
         wells = pd.concat(frames, ignore_index=True)
         logits = {member: np.concatenate(values) for member, values in logits.items()}
         columns = prediction_columns(
-            wells, logits, context.members, context.method, context.sirna_groups
+            wells, logits, context.members, context.method, context.plate_design
         )
         rows = accuracy_rows(FINETUNE_ROUND, wells, columns)
         save_logits(os.path.join(evaluation_dir, "val_logits.npz"), wells, logits)

@@ -107,6 +107,7 @@ def write_dataset(
     preset: str | None = None,
     seed: int = 0,
     pixel_stats: bool = False,
+    plate_group_order=None,
     **overrides,
 ) -> pd.DataFrame:
     """Writes a synthetic RxRx1 under `root` and returns its per-site ground truth.
@@ -118,6 +119,8 @@ def write_dataset(
       preset: a name in PRESETS, or None for the defaults.
       seed: everything is a deterministic function of the parameters and the seed.
       pixel_stats: also write the Kaggle-style `pixel_stats.csv` (per image and channel).
+      plate_group_order: the order the siRNA groups follow over the plates (`design`); default the
+        RxRx1 order.
       **overrides: any name of DEFAULT_PARAMETERS.
 
     Returns:
@@ -129,7 +132,7 @@ def write_dataset(
     parameters = resolve_parameters(preset, **overrides)
     root = pathlib.Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    sites = design(parameters, seed)
+    sites = design(parameters, seed, plate_group_order)
     for directory in {
         image_relative_path(layout, d, e, p, "X", 1, 1).rsplit("/", 1)[0]
         for d, e, p in sites[["dataset", "experiment", "plate"]]

@@ -193,8 +193,23 @@ def plate_layout(parameters: dict, rng: np.random.Generator, group: int) -> pd.D
     return layout.sort_values("well", key=lambda column: column.map(order)).reset_index(drop=True)
 
 
-def design(parameters: dict, seed: int = 0) -> pd.DataFrame:
-    """The per-site ground truth of the whole data set (both splits, real labels)."""
+def design(parameters: dict, seed: int = 0, plate_group_order=None) -> pd.DataFrame:
+    """The per-site ground truth of the whole data set (both splits, real labels).
+
+    `plate_group_order`: the cyclic order in which the siRNA groups follow each other over an
+    experiment's plates, a permutation of 0..3; default (0, 1, 2, 3), the RxRx1 rule "plate p holds
+    group (g1 + p - 1) mod 4". Another order makes a data set on which that rule is wrong and the
+    plate design must be learned (`deepnoise_tf.plate_design`). Not a preset parameter: the presets'
+    files stay as they are.
+    """
+    order = np.arange(constants.NUM_PLATE_GROUPS)
+    if plate_group_order is not None:
+        order = np.asarray(plate_group_order, dtype=np.int64)
+        if sorted(order.tolist()) != list(range(constants.NUM_PLATE_GROUPS)):
+            raise ValueError(
+                f"plate_group_order must be a permutation of 0..{constants.NUM_PLATE_GROUPS - 1}, "
+                f"got {plate_group_order}"
+            )
     frames = []
     for cell_index, cell_type in enumerate(parameters["cell_types"]):
         count = parameters["train_experiments"] + parameters["test_experiments"]
@@ -203,7 +218,7 @@ def design(parameters: dict, seed: int = 0) -> pd.DataFrame:
             rng = np.random.default_rng([seed, 1, cell_index, number])
             first_group = int(rng.integers(constants.NUM_PLATE_GROUPS))
             for plate in range(1, constants.PLATES_PER_EXPERIMENT + 1):
-                group = (first_group + plate - 1) % constants.NUM_PLATE_GROUPS
+                group = int(order[(first_group + plate - 1) % constants.NUM_PLATE_GROUPS])
                 layout = plate_layout(parameters, rng, group)
                 layout["experiment"] = experiment
                 layout["cell_type"] = cell_type

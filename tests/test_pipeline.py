@@ -328,14 +328,14 @@ def test_pseudo_labels_do_not_depend_on_test_labels(run, tmp_path):
     test_experiments = sorted(
         kaggle_truth.loc[kaggle_truth["dataset"] == "test", "experiment"].unique()
     )
-    groups = algorithm.labelled_groups(kaggle_config)
-    context = stages.Context(kaggle_config, str(tmp_path), groups, tuple(test_experiments))
+    design = algorithm.labelled_plate_design(kaggle_config)
+    context = stages.Context(kaggle_config, str(tmp_path), design, tuple(test_experiments))
     folders = {member: os.path.join(workdir, "round_0", member) for member in MEMBERS}
     wells, logits = stages.member_logits(
         context, folders, split="test", experiments=test_experiments, with_labels=False
     )
     ensemble = evaluation.ensemble_logits([logits[member] for member in MEMBERS])
-    labels = evaluation.well_predictions(wells, ensemble, method="assign", sirna_groups=groups)[
+    labels = evaluation.well_predictions(wells, ensemble, method="assign", plate_design=design)[
         "prediction"
     ]
     released = pd.read_csv(
@@ -353,7 +353,7 @@ def test_own_teacher_pseudo_labels_come_from_each_models_own_logits(run, truth, 
     )
     own = tiny_config(config.data.data_dir)
     own.mean_teacher.pseudo_label_source = "own_teacher"
-    context = stages.Context(own, str(tmp_path), algorithm.labelled_groups(own), ())
+    context = stages.Context(own, str(tmp_path), algorithm.labelled_plate_design(own), ())
     round_0 = workdir_lib.read_done(str(tmp_path / "round_0" / "evaluation"))
     paths = stages.pseudo_label_stage(context, 1, [round_0])
     ids, logits = stored(workdir, 0, "test")

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deepnoise_tf import postprocess
+from deepnoise_tf import evaluation, plate_design, postprocess
 
 # ---------------------------------------------------------------------------------------------
 # Independent references
@@ -28,44 +28,52 @@ def total(log_probs, prediction):
     return float(log_probs[np.arange(len(prediction)), prediction].sum())
 
 
-def literal_greedy_balance(logits, candidates, alpha=0.01, min_alpha=1e-4, round_moves=None):
-    """The paper's greedy balancing (docs/method.md §8) as a literal loop, one alpha step at a time.
+def paper_greedy_balance(plate_logits, alpha=0.01, min_alpha=1e-4):
+    """The paper's greedy balancing of one plate ("Prior-based post-processing"; docs/method.md §8),
+    transcribed step by step: the plate's logits of its candidate classes, a softmax over the wells
+    for each class, coefficients starting at 1, the most-predicted class's coefficient lowered by
+    alpha (one step at a time, until a prediction changes) for K moves a round, the best
+    coefficients kept by the score sum_k min(n_k / N, 1 / K), alpha halved after a round without
+    gain, stop below min_alpha or at the perfect score."""
+    plate_logits = np.asarray(plate_logits, dtype=np.float64)
+    num_wells, num_classes = plate_logits.shape
+    probs = np.zeros_like(plate_logits)
+    for k in range(num_classes):
+        column = [math.exp(v - max(plate_logits[:, k])) for v in plate_logits[:, k]]
+        for i in range(num_wells):
+            probs[i, k] = column[i] / sum(column)
 
-    Same reading as the docstring of ``postprocess.greedy_balance``, without its jump over the
-    steps that change no prediction: a move ends at the first step that changes a prediction.
-    """
-    restricted = np.asarray(logits, dtype=np.float64)[:, candidates]
-    num_wells, num_candidates = restricted.shape
-    round_moves = num_candidates if round_moves is None else round_moves
-    exps = np.exp(restricted - restricted.max(axis=0))
-    probs = exps / exps.sum(axis=0)
-    perfect = min(num_wells, num_candidates) / num_candidates
+    def predict(coefficients):
+        return [int(np.argmax(probs[i] * coefficients)) for i in range(num_wells)]
 
-    def score_of(prediction):
-        counts = np.bincount(prediction, minlength=num_candidates)
-        return sum(min(n / num_wells, 1 / num_candidates) for n in counts)
+    def score(prediction):
+        counts = [prediction.count(k) for k in range(num_classes)]
+        return sum(min(n / num_wells, 1 / num_classes) for n in counts)
 
-    best_c = np.ones(num_candidates)
-    best_pred = np.argmax(probs * best_c, axis=1)
-    best = score_of(best_pred)
+    perfect = min(num_wells, num_classes) / num_classes
+    best_coefficients = np.ones(num_classes)
+    best_prediction = predict(best_coefficients)
+    best = score(best_prediction)
     while best < perfect - 1e-12 and alpha >= min_alpha:
-        c, pred, gained = best_c.copy(), best_pred.copy(), False
-        for _ in range(round_moves):
-            top = np.argmax(np.bincount(pred, minlength=num_candidates))
+        coefficients, prediction = best_coefficients.copy(), list(best_prediction)
+        gained = False
+        for _ in range(num_classes):
+            counts = [prediction.count(k) for k in range(num_classes)]
+            top = counts.index(max(counts))
             while True:
-                c[top] = max(0.0, c[top] - alpha)
-                new = np.argmax(probs * c, axis=1)
-                if (new != pred).any() or c[top] == 0.0:
+                coefficients[top] = max(0.0, coefficients[top] - alpha)
+                new = predict(coefficients)
+                if new != prediction or coefficients[top] == 0.0:
                     break
-            pred = new
-            s = score_of(pred)
-            if s > best + 1e-12:
-                best, best_c, best_pred, gained = s, c.copy(), pred.copy(), True
+            prediction = new
+            if score(prediction) > best + 1e-12:
+                best, gained = score(prediction), True
+                best_coefficients, best_prediction = coefficients.copy(), list(prediction)
                 if best >= perfect - 1e-12:
                     break
         if not gained:
             alpha /= 2
-    return np.asarray(candidates)[best_pred]
+    return np.array(best_prediction)
 
 
 def score_of_prediction(prediction, candidates, num_wells):
@@ -153,17 +161,48 @@ def test_assign_is_invariant_to_per_well_shifts():
 # greedy_balance
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_greedy_balance_matches_literal_loop(seed):
-    rng = np.random.default_rng(seed)
-    num_wells, num_classes = 5 + seed % 2, 7
-    logits = rng.normal(size=(num_wells, num_classes)) * 2
-    candidates = np.array([0, 2, 3, 4, 6]) if seed % 3 == 0 else np.arange(num_classes)
-    mask = np.zeros(num_classes, dtype=bool)
-    mask[candidates] = True
-    fast = postprocess.greedy_balance(logits, mask)
-    literal = literal_greedy_balance(logits, candidates)
-    np.testing.assert_array_equal(fast, literal)
+def toy_balance_plates(rng, num_plates=4, per_group=25):
+    """One experiment, plates 1..4 each holding one group of ``per_group`` siRNAs (groups in a
+    shuffled order), and logits whose per-well scale varies tenfold, so that a per-well
+    log-softmax changes the softmax over the wells."""
+    num_sirnas = num_plates * per_group
+    groups = rng.permutation(np.repeat(np.arange(num_plates), per_group))
+    order = rng.permutation(num_plates)
+    rows, logits, labels = [], [], []
+    for plate, group in enumerate(order, start=1):
+        truth = rng.permutation(np.flatnonzero(groups == group))
+        scale = rng.uniform(0.3, 3.0, size=(len(truth), 1))
+        plate_logits = rng.normal(size=(len(truth), num_sirnas)) * scale
+        plate_logits[np.arange(len(truth)), truth] += 1.5 * scale[:, 0]
+        rows += [("toy-1", plate, "treatment") for _ in truth]
+        logits.append(plate_logits)
+        labels.append(truth)
+    wells = pd.DataFrame(rows, columns=["experiment", "plate", "well_type"])
+    wells["label"] = np.concatenate(labels)
+    design = plate_design.cyclic_design(groups, order, num_plates)
+    return wells, np.concatenate(logits), design
+
+
+def test_greedy_balance_is_fed_the_well_logits_as_in_the_paper():
+    """The plate prior's `balance` equals the paper's algorithm (transcribed above) on the plate's
+    logits of its group's siRNAs; fed per-well log-softmax instead, many predictions differ."""
+    wells, logits, design = toy_balance_plates(np.random.default_rng(8))
+    prediction = postprocess.postprocess_predictions(wells, logits, "balance", design)
+    from_log_probs, changed = [], 0
+    for plate in range(1, 5):
+        rows = np.flatnonzero((wells["plate"] == plate).to_numpy())
+        group = design.sirna_groups[wells["label"].to_numpy()[rows[0]]]  # the plate's true group
+        candidates = np.flatnonzero(design.sirna_groups == group)
+        expected = candidates[paper_greedy_balance(logits[rows][:, candidates])]
+        np.testing.assert_array_equal(prediction[rows], expected)
+        log_probs = postprocess.log_softmax(logits[rows])  # the departure: renormalised per well
+        other = candidates[paper_greedy_balance(log_probs[:, candidates])]
+        changed += int((other != expected).sum())
+        from_log_probs.append(other)
+    assert changed >= 10, changed  # the toy case tells the two inputs apart
+    # The path the commands take (evaluation.well_predictions) feeds the same logits.
+    table = evaluation.well_predictions(wells, logits, method="balance", plate_design=design)
+    np.testing.assert_array_equal(table["prediction"], prediction)
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -223,124 +262,6 @@ def test_balance_score_hand_cases():
 
 
 # ---------------------------------------------------------------------------------------------
-# Plate design: group derivation and rotations
-
-
-def synthetic_design(rng, per_group=5, num_groups=4, num_experiments=3):
-    """Random groups of ``per_group`` siRNAs among ids 0..num_groups*per_group-1, cyclic plates."""
-    used = num_groups * per_group
-    members = rng.permutation(used).reshape(num_groups, per_group)
-    # Groups numbered by smallest member.
-    members = members[np.argsort(members.min(axis=1))]
-    groups = np.full(1108, -1)
-    for group, ids in enumerate(members):
-        groups[ids] = group
-    rotations = rng.integers(0, num_groups, size=num_experiments)
-    rows = []
-    for experiment, g1 in enumerate(rotations):
-        for plate in range(1, num_groups + 1):
-            group = (g1 + plate - 1) % num_groups
-            for sirna in rng.permutation(members[group]):
-                rows.append((f"EXP-{experiment:02d}", plate, int(sirna)))
-            rows.append((f"EXP-{experiment:02d}", plate, 1108 + plate))  # a control well
-            rows.append((f"EXP-{experiment:02d}", plate, -1))  # a hidden label
-    table = pd.DataFrame(rows, columns=["experiment", "plate", "sirna"])
-    return groups, rotations, table
-
-
-def test_sirna_groups_from_labels_recovers_design():
-    rng = np.random.default_rng(11)
-    groups, _, table = synthetic_design(rng)
-    derived = postprocess.sirna_groups_from_labels(table.experiment, table.plate, table.sirna)
-    np.testing.assert_array_equal(derived, groups)
-    assert (derived[20:] == -1).all()
-    assert derived[0] == 0
-
-
-def test_sirna_groups_from_labels_joins_partial_plates():
-    # Group {0, 3, 5}: plate A sees 0 and 3, plate B sees 3 and 5. Group {1, 2}: only plate C.
-    experiments = ["A", "A", "B", "B", "C", "C", "C"]
-    plates = [1, 1, 1, 1, 2, 2, 2]
-    sirnas = [0, 3, 3, 5, 2, 1, 1200]
-    derived = postprocess.sirna_groups_from_labels(experiments, plates, sirnas, num_sirnas=7)
-    np.testing.assert_array_equal(derived, [0, 1, 1, 0, -1, 0, -1])
-    # Same plate number in different experiments is a different plate.
-    derived = postprocess.sirna_groups_from_labels(["A", "B"], [1, 1], [0, 1], num_sirnas=3)
-    np.testing.assert_array_equal(derived, [0, 1, -1])
-
-
-def test_cyclic_assignments_follow_rxrx1_rule():
-    table = postprocess.cyclic_assignments(4)
-    # The RxRx1 train rotations (1,2,3,0), (3,0,1,2), (2,3,0,1) and the test one (0,1,2,3).
-    np.testing.assert_array_equal(table, [[0, 1, 2, 3], [1, 2, 3, 0], [2, 3, 0, 1], [3, 0, 1, 2]])
-
-
-def planted_log_probs(rng, groups, plate_groups, noise=2.0, signal=3.0):
-    """Noisy log-probs of a plate's wells: each well truly holds one siRNA of the plate's group."""
-    result = {}
-    for plate, group in plate_groups.items():
-        truth = rng.permutation(np.flatnonzero(groups == group))
-        logits = rng.normal(size=(len(truth), len(groups))) * noise
-        logits[np.arange(len(truth)), truth] += signal
-        result[plate] = postprocess.log_softmax(logits)
-    return result
-
-
-@pytest.mark.parametrize("g1", range(4))
-def test_infer_rotation_recovers_planted_rotation(g1):
-    rng = np.random.default_rng(20 + g1)
-    groups = rng.permutation(np.repeat(np.arange(4), 6))  # 24 siRNAs, 4 groups
-    plate_groups = {p: (g1 + p - 1) % 4 for p in range(1, 5)}
-    log_probs = planted_log_probs(rng, groups, plate_groups)
-    found, found_groups = postprocess.infer_rotation(log_probs, groups)
-    assert found == g1
-    assert found_groups == plate_groups
-    # A sequence means plates 1..4; a missing plate is fine.
-    assert postprocess.infer_rotation([log_probs[p] for p in range(1, 5)], groups)[0] == g1
-    partial = {p: log_probs[p] for p in (2, 4)}
-    assert postprocess.infer_rotation(partial, groups)[1] == {
-        2: plate_groups[2],
-        4: plate_groups[4],
-    }
-
-
-def test_infer_rotation_against_brute_force_likelihood():
-    rng = np.random.default_rng(31)
-    groups = np.repeat(np.arange(4), 3)
-    log_probs = {p: postprocess.log_softmax(rng.normal(size=(3, 12))) for p in range(1, 5)}
-    # Reference: per assignment, sum over wells of log(sum of probabilities inside the group).
-    scores = []
-    for g1 in range(4):
-        score = 0.0
-        for plate, lp in log_probs.items():
-            members = groups == (g1 + plate - 1) % 4
-            score += np.log(np.exp(lp[:, members]).sum(axis=1)).sum()
-        scores.append(score)
-    assert postprocess.infer_rotation(log_probs, groups)[0] == int(np.argmax(scores))
-
-
-def test_infer_rotation_with_custom_assignments():
-    rng = np.random.default_rng(32)
-    groups = np.repeat(np.arange(4), 5)
-    assignments = np.array([[0, 1, 2, 3], [3, 2, 1, 0]])
-    log_probs = planted_log_probs(rng, groups, {1: 3, 2: 2, 3: 1, 4: 0})
-    assert postprocess.infer_rotation(log_probs, groups, assignments)[0] == 1
-
-
-def test_plate_candidate_mask_excludes_controls():
-    groups = np.array([0, 1, 0, -1, 1])
-    mask = postprocess.plate_candidate_mask(0, groups, num_classes=7)
-    np.testing.assert_array_equal(mask, [True, False, True, False, False, False, False])
-    np.testing.assert_array_equal(postprocess.plate_candidate_mask(1, groups), [0, 1, 0, 0, 1])
-
-
-def test_sirna_log_probs_drops_controls():
-    logits = np.array([[1.0, 2.0, 3.0, 50.0]])
-    expected = np.log(np.exp([1.0, 2.0, 3.0]) / np.exp([1.0, 2.0, 3.0]).sum())
-    np.testing.assert_allclose(postprocess.sirna_log_probs(logits, num_sirnas=3)[0], expected)
-
-
-# ---------------------------------------------------------------------------------------------
 # Whole tables
 
 
@@ -362,6 +283,7 @@ def planted_table(rng, groups, rotations, signal=1.5, noise=1.5):
 def test_postprocess_predictions_restricts_balances_and_keeps_row_order():
     rng = np.random.default_rng(40)
     groups = rng.permutation(np.repeat(np.arange(4), 8))
+    design = plate_design.cyclic_design(groups, range(4), num_plates=4)
     table, log_probs, truth = planted_table(rng, groups, rotations=[1, 3])
     order = rng.permutation(len(table))  # interleave plates and experiments
     table, log_probs, truth = (
@@ -373,29 +295,30 @@ def test_postprocess_predictions_restricts_balances_and_keeps_row_order():
     plain = postprocess.postprocess_predictions(table, log_probs, method="none")
     np.testing.assert_array_equal(plain, np.argmax(log_probs, axis=1))
     for method in ("assign", "balance", "none"):
-        prediction = postprocess.postprocess_predictions(table, log_probs, method, groups)
+        prediction = postprocess.postprocess_predictions(table, log_probs, method, design)
         for (experiment, plate), rows in table.groupby(["experiment", "plate"]).groups.items():
             g1 = 1 if experiment == "E0" else 3
             assert (groups[prediction[rows]] == (g1 + plate - 1) % 4).all()
             if method == "assign":
                 assert len(set(prediction[rows].tolist())) == len(rows)
-    restricted = postprocess.postprocess_predictions(table, log_probs, "none", groups)
-    assigned = postprocess.postprocess_predictions(table, log_probs, "assign", groups)
+    restricted = postprocess.postprocess_predictions(table, log_probs, "none", design)
+    assigned = postprocess.postprocess_predictions(table, log_probs, "assign", design)
     assert np.mean(plain == truth) < np.mean(restricted == truth) < np.mean(assigned == truth)
 
     # Per plate, the table function equals the plate function on that plate's rows.
     rows = np.flatnonzero((table.experiment == "E1").to_numpy() & (table.plate == 2).to_numpy())
-    mask = postprocess.plate_candidate_mask((3 + 2 - 1) % 4, groups)
+    mask = design.candidate_mask((3 + 2 - 1) % 4)
     np.testing.assert_array_equal(assigned[rows], postprocess.assign(log_probs[rows], mask))
 
 
 def test_postprocess_predictions_known_plate_groups_override_inference():
     rng = np.random.default_rng(41)
     groups = rng.permutation(np.repeat(np.arange(4), 4))
+    design = plate_design.cyclic_design(groups, range(4), num_plates=4)
     table, log_probs, _ = planted_table(rng, groups, rotations=[2])
     known = {("E0", p): (0 + p - 1) % 4 for p in range(1, 5)}  # deliberately not the planted one
     prediction = postprocess.postprocess_predictions(
-        table, log_probs, "assign", groups, known_plate_groups=known
+        table, log_probs, "assign", design, known_plate_groups=known
     )
     for plate in range(1, 5):
         rows = (table.plate == plate).to_numpy()
@@ -407,7 +330,17 @@ def test_postprocess_predictions_with_control_columns():
     groups = rng.permutation(np.repeat(np.arange(4), 3))
     table, log_probs, _ = planted_table(rng, groups, rotations=[0])
     wide = np.concatenate([log_probs, np.zeros((len(log_probs), 2))], axis=1)  # controls win argmax
-    prediction = postprocess.postprocess_predictions(table, wide, "none", groups)
+    design = plate_design.cyclic_design(groups, range(4), num_plates=4)
+    prediction = postprocess.postprocess_predictions(table, wide, "none", design)
     assert prediction.max() < 12
+    with pytest.raises(ValueError, match="without a plate design"):
+        postprocess.postprocess_predictions(table, np.zeros((len(table), 1200)), "none")
+    # An inconsistent design restricts nothing but still keeps the control columns out.
+    inconsistent = plate_design.PlateDesign(groups, np.zeros((0, 4)), problem="a test")
+    for method in ("assign", "balance", "none"):
+        np.testing.assert_array_equal(
+            postprocess.postprocess_predictions(table, wide, method, inconsistent),
+            postprocess.postprocess_predictions(table, log_probs, method),
+        )
     with pytest.raises(ValueError):
         postprocess.postprocess_predictions(table, log_probs, method="argmax")

@@ -154,7 +154,7 @@ def test_well_logits_average_sites_and_views_in_logit_space(tiny_data, members, 
         batch_size=16,
     )
     all_wells, logits = outputs.wells, outputs.logits["model"]
-    wells = evaluation.well_predictions(all_wells, logits, method="none", sirna_groups=None)
+    wells = evaluation.well_predictions(all_wells, logits, method="none", plate_design=None)
     mean, std = test_sites["plate_mean"], test_sites["plate_std"]  # the export says "plate"
     views = dihedral_views(test_sites["image"]) if tta else [test_sites["image"]]
     site_logits = np.mean(

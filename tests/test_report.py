@@ -8,7 +8,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from conftest import tiny_config
 
-from deepnoise_tf import constants, evaluation, report
+from deepnoise_tf import constants, evaluation, plate_design, report
 from deepnoise_tf import workdir as workdir_lib
 
 VAL_EXPERIMENTS = ("HEPG2-01", "HUVEC-01")
@@ -91,7 +91,8 @@ def test_cell_type_accuracy_matches_numpy_and_the_plate_prior_fixes_off_plate_er
 
     groups = np.full(constants.NUM_SIRNAS, -1)
     groups[:40] = np.arange(40) % 4
-    predictions = evaluation.well_predictions(wells, logits, method="assign", sirna_groups=groups)
+    design = plate_design.cyclic_design(groups, range(4), num_plates=4)
+    predictions = evaluation.well_predictions(wells, logits, method="assign", plate_design=design)
     table = evaluation.accuracy_report(predictions, "assign")
     treatment = wells["well_type"] == "treatment"
     predicted = logits[:, : constants.NUM_SIRNAS].argmax(1)
