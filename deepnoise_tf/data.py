@@ -252,47 +252,32 @@ def _split_sites(data_config) -> dict[str, int]:
     return {name: int(splits[name].num_examples) for name in splits}
 
 
-def _labelled_sources(data_config, split, *, seed, experiments_excluded):
-    """[(sites, expected share)] of a labelled stream: `split` minus the excluded experiments, and,
-    for the train split with `data.test_controls`, the control wells of the test split (labelled
-    in RxRx1, SPEC §1; never a treatment of it)."""
+def _sources(data_config, split, *, labelled, seed, experiments_excluded):
+    """[(sites, expected share)] of a stream: `split` minus the excluded experiments and, for the
+    labelled train stream with `data.test_controls`, the test split's control wells (labelled in
+    RxRx1, SPEC §1; never a treatment of it)."""
     cell_types = tuple(data_config.cell_types)
-    base = load_sites(data_config, split, with_labels=True, shuffle_files=True, seed=seed)
+    base = load_sites(data_config, split, with_labels=labelled, shuffle_files=True, seed=seed)
     sources = [(select_experiments(base, exclude=experiments_excluded, cell_types=cell_types), 1.0)]
     sites = _split_sites(data_config)
-    if split != "train" or not data_config.test_controls or "test" not in sites:
+    if not labelled or split != "train" or not data_config.test_controls or "test" not in sites:
         return sources
     controls = load_sites(
         data_config, "test", with_labels=True, shuffle_files=True, seed=seed, controls_only=True
     )
     # Only how evenly the two interleave depends on this share (RxRx1: 31 control wells of 308).
-    share = sites["test"] * constants.NUM_CONTROLS / constants.WELLS_PER_PLATE
-    share /= max(1, sites["train"])
+    share = sites["test"] * constants.NUM_CONTROLS / constants.WELLS_PER_PLATE / sites["train"]
     return sources + [(select_experiments(controls, cell_types=cell_types), share)]
 
 
 def _training_stream(
     data_config, split, *, labelled, seed, experiments_excluded, pseudo_labels=None
 ):
-    """An endless, reshuffled-every-epoch stream of one-site-per-well samples.
-
-    A labelled stream of the train split also holds the test split's control wells
-    (`_labelled_sources`), drawn at random among the training wells.
-    """
-    if labelled:
-        sources = _labelled_sources(
-            data_config, split, seed=seed, experiments_excluded=experiments_excluded
-        )
-    else:
-        base = load_sites(data_config, split, with_labels=False, shuffle_files=True, seed=seed)
-        sources = [
-            (
-                select_experiments(
-                    base, exclude=experiments_excluded, cell_types=tuple(data_config.cell_types)
-                ),
-                1.0,
-            )
-        ]
+    """An endless, reshuffled-every-epoch stream of one-site-per-well samples (the labelled train
+    stream holds the test controls too, drawn at random among the training wells: `_sources`)."""
+    sources = _sources(
+        data_config, split, labelled=labelled, seed=seed, experiments_excluded=experiments_excluded
+    )
 
     def one_epoch(epoch):
         parts = [one_site_per_well(source, seed, epoch) for source, _ in sources]
