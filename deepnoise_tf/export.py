@@ -95,6 +95,15 @@ def _check_routes(networks, routes: dict) -> None:
             )
 
 
+def _image_inputs() -> list:
+    """The inputs of `serving_default`: uint8 images of any size and their statistics."""
+    return [
+        tf.TensorSpec((None, None, None, constants.NUM_CHANNELS), tf.uint8, name="image"),
+        tf.TensorSpec((None, constants.NUM_CHANNELS), tf.float32, name="mean"),
+        tf.TensorSpec((None, constants.NUM_CHANNELS), tf.float32, name="std"),
+    ]
+
+
 def export_saved_model(
     networks,
     path: str,
@@ -136,11 +145,7 @@ def export_saved_model(
     archive.add_endpoint(
         "serving_default",
         serve,
-        input_signature=[
-            tf.TensorSpec((None, None, None, constants.NUM_CHANNELS), tf.uint8, name="image"),
-            tf.TensorSpec((None, constants.NUM_CHANNELS), tf.float32, name="mean"),
-            tf.TensorSpec((None, constants.NUM_CHANNELS), tf.float32, name="std"),
-        ],
+        input_signature=_image_inputs(),
     )
     if routes:
 
@@ -152,12 +157,7 @@ def export_saved_model(
         archive.add_endpoint(
             ROUTED_SIGNATURE,
             serve_by_cell_type,
-            input_signature=[
-                tf.TensorSpec((None, None, None, constants.NUM_CHANNELS), tf.uint8, name="image"),
-                tf.TensorSpec((None, constants.NUM_CHANNELS), tf.float32, name="mean"),
-                tf.TensorSpec((None, constants.NUM_CHANNELS), tf.float32, name="std"),
-                tf.TensorSpec((None,), tf.string, name="cell_type"),
-            ],
+            input_signature=[*_image_inputs(), tf.TensorSpec((None,), tf.string, name="cell_type")],
         )
 
     def metadata():
