@@ -105,10 +105,7 @@ def write_results(
         "selected_round": selected,
         "export": os.path.join(workdir, "export"),
         "finetune_dir": finetuned["directory"] if finetuned else None,
-        "finetuned_exports": {
-            cell: os.path.join(workdir, "export_finetuned", cell)
-            for cell in export_record["finetuned"]
-        },
+        "routed_cell_types": sorted(export_record["finetuned"]),
         "results": os.path.join(workdir, RESULTS_FILE),
         "summary": summary.reset_index(names="round").to_dict(orient="records"),
     }
@@ -147,7 +144,7 @@ def run(config, workdir: str) -> dict:
         for evaluation in evaluations
     ]
     selected = pseudo_labels.best_round(scores)
-    finetuned = stages.finetune_stage(context, selected) if pipeline.finetune else None
+    finetuned = stages.finetune_stage(context, selected, evaluations) if pipeline.finetune else None
     export_record = stages.export_stage(context, selected, finetuned)
 
     outcome = write_results(context, evaluations, finetuned, export_record, selected)

@@ -72,6 +72,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.data.val_experiments = ("HEPG2-07", "HUVEC-16", "RPE-07", "U2OS-03")
     config.data.cell_types = ()  # () = all; e.g. ("U2OS",) for per-cell-type fine-tuning
     config.data.shuffle_buffer = 2048
+    # Test-plate control wells are labelled samples (their labels are public, RxRx1's
+    # test_controls.csv; SPEC §1); test treatments stay unlabelled. False: the test split is unlabelled.
+    config.data.test_controls = True
     config.data.synthetic_preset = (
         ""  # non-empty: generate this synthetic RxRx1 into data_dir first
     )

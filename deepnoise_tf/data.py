@@ -5,8 +5,11 @@ on the device: 4x less host-to-device traffic than float32), the normalization `
 float32 [B, 6] of each image's group, `label` int32 [B] (-1 = unlabelled) and, for unlabelled rows,
 `pseudo_label` int32 [B] (-1 = none). Evaluation batches also carry the example's identifiers.
 
-Training never reads a label of the test split: its examples are decoded without the `sirna`
-feature at all (tests/test_data.py proves it).
+Training never reads a label of a test treatment: the unlabelled stream decodes the test split
+without the `sirna` feature at all, and the labelled stream reads the test split's control wells
+only, dropping every treatment before its label goes anywhere (`load_sites(controls_only=True)`;
+their labels are public, RxRx1's test_controls.csv). tests/test_data.py and
+tests/test_test_controls.py prove both.
 """
 
 from __future__ import annotations
@@ -72,11 +75,19 @@ def load_sites(
     with_ids: bool = False,
     shuffle_files: bool = False,
     seed: int | None = None,
+    controls_only: bool = False,
 ) -> tf.data.Dataset:
-    """One element per site, only the features needed; `sirna` is not even decoded without labels."""
+    """One element per site, only the features needed; `sirna` is not even decoded without labels.
+
+    `controls_only` keeps the control wells (positive and negative) and drops every treatment
+    first thing, so a treatment's label never reaches a caller (SPEC §1: controls are labelled on
+    test plates too).
+    """
     keep = _decoded_features(data_config.normalization, with_labels, with_ids)
+    if controls_only:
+        keep["well_type"] = True
     read_config = tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=4)
-    return tfds.load(
+    dataset = tfds.load(
         data_config.builder,
         split=split,
         data_dir=data_config.data_dir or None,
@@ -85,6 +96,13 @@ def load_sites(
         download=False,  # RxRx1 is built with `tfds build`, never fetched here
         decoders=tfds.decode.PartialDecoding(keep),
     )
+    if not controls_only:
+        return dataset
+    dataset = dataset.filter(lambda example: tf.not_equal(example["well_type"], "treatment"))
+    if with_ids:
+        return dataset
+    # The same features as the train split's labelled sites, so the two streams can be mixed.
+    return dataset.map(lambda example: {k: v for k, v in example.items() if k != "well_type"})
 
 
 def _in_set(value: tf.Tensor, names) -> tf.Tensor:
@@ -160,11 +178,12 @@ def pseudo_label_table(id_codes, labels) -> tf.lookup.StaticHashTable:
 class SplitIndex:
     """How many wells each role has; computed once (a pass over ids only) and cached by the caller."""
 
-    labelled_wells: int
+    labelled_wells: int  # training wells outside validation, plus test control wells if used
     unlabelled_wells: int
     validation_sites: int
     train_experiments: tuple
     test_experiments: tuple
+    test_control_wells: int = 0  # of labelled_wells (config.data.test_controls)
 
 
 def split_names(data_config) -> tuple[str, ...]:
@@ -183,21 +202,27 @@ def index_splits(data_config) -> SplitIndex:
     """
 
     def experiments_and_wells(split):
-        dataset = load_sites(data_config, split, with_labels=False)
-        dataset = dataset.map(lambda e: (e["experiment"], e["id_code"], e["cell_type"]))
-        wells, experiments = {}, set()
-        for experiment, id_code, cell_type in dataset.batch(4096).as_numpy_iterator():
-            for exp, well, cell in zip(experiment, id_code, cell_type, strict=True):
+        dataset = load_sites(data_config, split, with_labels=False, with_ids=True)
+        dataset = dataset.map(
+            lambda e: (e["experiment"], e["id_code"], e["cell_type"], e["well_type"])
+        )
+        wells, experiments, controls = {}, set(), set()
+        for batch in dataset.batch(4096).as_numpy_iterator():
+            for exp, well, cell, well_type in zip(*batch, strict=True):
                 if data_config.cell_types and cell.decode() not in data_config.cell_types:
                     continue
                 experiments.add(exp.decode())
                 wells.setdefault(exp.decode(), set()).add(well)
-        return experiments, wells
+                if well_type.decode() != "treatment":
+                    controls.add(well)
+        return experiments, wells, controls
 
-    train_experiments, train_wells = experiments_and_wells("train")
-    test_experiments, test_wells = set(), {}
+    train_experiments, train_wells, _ = experiments_and_wells("train")
+    test_experiments, test_wells, test_controls = set(), {}, set()
     if "test" in split_names(data_config):
-        test_experiments, test_wells = experiments_and_wells("test")
+        test_experiments, test_wells, test_controls = experiments_and_wells("test")
+    if not data_config.test_controls:
+        test_controls = set()
     val = set(data_config.val_experiments)
     missing = val - train_experiments
     if missing:
@@ -211,25 +236,57 @@ def index_splits(data_config) -> SplitIndex:
             "no labelled training wells left after removing the validation experiments"
         )
     return SplitIndex(
-        labelled_wells=labelled,
+        labelled_wells=labelled + len(test_controls),
         unlabelled_wells=sum(len(w) for w in test_wells.values()),
         validation_sites=2 * sum(len(w) for e, w in train_wells.items() if e in val),
         train_experiments=tuple(sorted(train_experiments)),
         test_experiments=tuple(sorted(test_experiments)),
+        test_control_wells=len(test_controls),
     )
+
+
+def _split_sites(data_config) -> dict[str, int]:
+    """Sites per split, from the data set's metadata (no pass over the records)."""
+    register_builder()
+    splits = tfds.builder(data_config.builder, data_dir=data_config.data_dir or None).info.splits
+    return {name: int(splits[name].num_examples) for name in splits}
+
+
+def _sources(data_config, split, *, labelled, seed, experiments_excluded):
+    """[(sites, expected share)] of a stream: `split` minus the excluded experiments and, for the
+    labelled train stream with `data.test_controls`, the test split's control wells (labelled in
+    RxRx1, SPEC §1; never a treatment of it)."""
+    cell_types = tuple(data_config.cell_types)
+    base = load_sites(data_config, split, with_labels=labelled, shuffle_files=True, seed=seed)
+    sources = [(select_experiments(base, exclude=experiments_excluded, cell_types=cell_types), 1.0)]
+    sites = _split_sites(data_config)
+    if not labelled or split != "train" or not data_config.test_controls or "test" not in sites:
+        return sources
+    controls = load_sites(
+        data_config, "test", with_labels=True, shuffle_files=True, seed=seed, controls_only=True
+    )
+    # Only how evenly the two interleave depends on this share (RxRx1: 31 control wells of 308).
+    share = sites["test"] * constants.NUM_CONTROLS / constants.WELLS_PER_PLATE / sites["train"]
+    return sources + [(select_experiments(controls, cell_types=cell_types), share)]
 
 
 def _training_stream(
     data_config, split, *, labelled, seed, experiments_excluded, pseudo_labels=None
 ):
-    """An endless, reshuffled-every-epoch stream of one-site-per-well samples."""
-    base = load_sites(data_config, split, with_labels=labelled, shuffle_files=True, seed=seed)
-    base = select_experiments(
-        base, exclude=experiments_excluded, cell_types=tuple(data_config.cell_types)
+    """An endless, reshuffled-every-epoch stream of one-site-per-well samples (the labelled train
+    stream holds the test controls too, drawn at random among the training wells: `_sources`)."""
+    sources = _sources(
+        data_config, split, labelled=labelled, seed=seed, experiments_excluded=experiments_excluded
     )
 
     def one_epoch(epoch):
-        epoch_data = one_site_per_well(base, seed, epoch)
+        parts = [one_site_per_well(source, seed, epoch) for source, _ in sources]
+        epoch_data = parts[0]
+        if len(parts) > 1:  # every site of both, in a random interleave
+            epoch_data = tf.data.Dataset.sample_from_datasets(
+                parts, weights=[share for _, share in sources], seed=seed,
+                stop_on_empty_dataset=False,
+            )  # fmt: skip
         return epoch_data.shuffle(
             data_config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True
         )

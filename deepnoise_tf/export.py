@@ -7,6 +7,13 @@ and scaled by 1/sqrt(members), so it is unit-norm too). Images of another size a
 to the trained size inside. A `metadata` signature returns the class names, the normalization the
 model expects, the input size and the member count, so the export is self-describing: it needs
 neither this package nor any custom object to load (`tf.saved_model.load`, `saved_model_cli`).
+
+An export with per-cell-type models (the pipeline's, after fine-tuning; paper, "Fine-tuning": each
+cell type is predicted by its own models) adds `serving_by_cell_type(image, mean, std, cell_type
+string [N])`: each image runs through its cell type's ensemble, an image of another cell type (or
+"") through the general one; `metadata` lists the routed `cell_types`. `serving_default` keeps its
+inputs and serves the general ensemble, so clients that know no cell type work unchanged;
+`inference.load_export` uses the routed signature when the export has it.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ import keras
 import tensorflow as tf
 
 from deepnoise_tf import augment, constants
+
+ROUTED_SIGNATURE = "serving_by_cell_type"
 
 
 def sirna_class_names(num_sirnas: int = constants.NUM_SIRNAS) -> list[str]:
@@ -52,6 +61,49 @@ def serving_outputs(networks, image, mean, std, *, image_size: int) -> dict:
     return {"probabilities": probabilities, "logits": mean_logits, "embedding": embedding}
 
 
+def routed_serving_outputs(networks, routes: dict, image, mean, std, cell_type, *, image_size):
+    """`serving_outputs` of each image's cell type's networks (`routes[cell type]`, a list of
+    (backbone, head)); images of a cell type without a route go through `networks`. Each image runs
+    through one ensemble only (partitioned, then stitched back in order)."""
+    if not routes:
+        return serving_outputs(networks, image, mean, std, image_size=image_size)
+    names = sorted(routes)
+    groups = [routes[name] for name in names] + [networks]
+    matches = tf.equal(tf.reshape(cell_type, (-1, 1)), tf.constant(names)[tf.newaxis, :])
+    first = tf.argmax(tf.cast(matches, tf.int32), axis=1, output_type=tf.int32)
+    part = tf.where(tf.reduce_any(matches, axis=1), first, len(names))
+    positions = tf.dynamic_partition(tf.range(tf.shape(image)[0]), part, len(groups))
+    parts = [tf.dynamic_partition(value, part, len(groups)) for value in (image, mean, std)]
+    outputs = [
+        serving_outputs(group, *(values[index] for values in parts), image_size=image_size)
+        for index, group in enumerate(groups)
+    ]
+    return {key: tf.dynamic_stitch(positions, [out[key] for out in outputs]) for key in outputs[0]}
+
+
+def _check_routes(networks, routes: dict) -> None:
+    """Every route an ensemble of as many members with embeddings of the same widths (one output
+    shape for all images), for a known cell type."""
+    widths = [int(backbone.output.shape[-1]) for backbone, _ in networks]
+    for cell_type, group in routes.items():
+        if cell_type not in constants.CELL_TYPES:
+            raise ValueError(f"route {cell_type!r} is not one of {list(constants.CELL_TYPES)}")
+        if [int(backbone.output.shape[-1]) for backbone, _ in group] != widths:
+            raise ValueError(
+                f"the {cell_type} models must match the general ensemble member for member "
+                f"(embedding widths {widths})"
+            )
+
+
+def _image_inputs() -> list:
+    """The inputs of `serving_default`: uint8 images of any size and their statistics."""
+    return [
+        tf.TensorSpec((None, None, None, constants.NUM_CHANNELS), tf.uint8, name="image"),
+        tf.TensorSpec((None, constants.NUM_CHANNELS), tf.float32, name="mean"),
+        tf.TensorSpec((None, constants.NUM_CHANNELS), tf.float32, name="std"),
+    ]
+
+
 def export_saved_model(
     networks,
     path: str,
@@ -60,6 +112,7 @@ def export_saved_model(
     normalization: str,
     class_names=None,
     serving_version: int | None = None,
+    routes: dict | None = None,
 ) -> str:
     """Writes the SavedModel of `networks` (a list of (backbone, head), averaged) to `path`.
 
@@ -68,14 +121,18 @@ def export_saved_model(
         `class_names_from({id: name})`); default the ids "0".."1107".
       serving_version: write to `path/<version>/` instead, the layout TF Serving watches (a new
         version is a new folder, so a server switches models without a restart).
+      routes: `{cell type: list of (backbone, head)}`: adds the `serving_by_cell_type` signature,
+        which predicts each listed cell type with its own ensemble (members as in `networks`).
 
     Returns:
       The folder holding `saved_model.pb`.
     """
     if serving_version is not None:
         path = serving_path(path, serving_version)
+    routes = dict(routes or {})
+    _check_routes(networks, routes)
     archive = keras.export.ExportArchive()
-    for backbone, head in networks:
+    for backbone, head in [*networks, *(pair for group in routes.values() for pair in group)]:
         archive.track(backbone)
         archive.track(head)
     class_names = list(sirna_class_names() if class_names is None else class_names)
@@ -88,12 +145,20 @@ def export_saved_model(
     archive.add_endpoint(
         "serving_default",
         serve,
-        input_signature=[
-            tf.TensorSpec((None, None, None, constants.NUM_CHANNELS), tf.uint8, name="image"),
-            tf.TensorSpec((None, constants.NUM_CHANNELS), tf.float32, name="mean"),
-            tf.TensorSpec((None, constants.NUM_CHANNELS), tf.float32, name="std"),
-        ],
+        input_signature=_image_inputs(),
     )
+    if routes:
+
+        def serve_by_cell_type(image, mean, std, cell_type):
+            return routed_serving_outputs(
+                networks, routes, image, mean, std, cell_type, image_size=image_size
+            )
+
+        archive.add_endpoint(
+            ROUTED_SIGNATURE,
+            serve_by_cell_type,
+            input_signature=[*_image_inputs(), tf.TensorSpec((None,), tf.string, name="cell_type")],
+        )
 
     def metadata():
         return {
@@ -101,6 +166,7 @@ def export_saved_model(
             "normalization": tf.constant(normalization),
             "image_size": tf.constant(image_size, tf.int32),
             "num_models": tf.constant(len(networks), tf.int32),
+            "cell_types": tf.constant(sorted(routes), tf.string, shape=(len(routes),)),
         }
 
     archive.add_endpoint("metadata", metadata, input_signature=[])
@@ -123,21 +189,33 @@ def check_compatible(configs) -> tuple[int, str]:
     return sizes.pop(), normalizations.pop()
 
 
-def export_run_folders(run_folders, output, **options) -> str:
+def export_run_folders(run_folders, output, *, routes=None, **options) -> str:
     """Exports the inference networks of training folders as one SavedModel (an ensemble if several).
 
     Each folder's network is rebuilt from its `config.json` and its best (else last) checkpoint.
-    `options`: `export_saved_model`'s class_names and serving_version.
+    `routes`: `{cell type: training folders}` of per-cell-type models, in the order of
+    `run_folders` (`export_saved_model`'s routes). `options`: `export_saved_model`'s class_names
+    and serving_version.
     """
     from deepnoise_tf import factory, workdir
 
     if not run_folders:
         raise ValueError("name at least one training folder")
-    configs = [workdir.read_config(folder) for folder in run_folders]
-    image_size, normalization = check_compatible(configs)
+    routes = {cell_type: list(folders) for cell_type, folders in (routes or {}).items()}
+    every = [*run_folders, *(folder for folders in routes.values() for folder in folders)]
+    image_size, normalization = check_compatible([workdir.read_config(f) for f in every])
     networks = [factory.load_inference_network(folder)[1] for folder in run_folders]
+    routed = {
+        cell_type: [factory.load_inference_network(folder)[1] for folder in folders]
+        for cell_type, folders in routes.items()
+    }
     return export_saved_model(
-        networks, str(output), image_size=image_size, normalization=normalization, **options
+        networks,
+        str(output),
+        image_size=image_size,
+        normalization=normalization,
+        routes=routed,
+        **options,
     )
 
 

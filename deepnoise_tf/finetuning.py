@@ -5,7 +5,9 @@ is on, else the student) with a *fresh* head, and train on that cell type's well
 under cosine annealing with warm restarts (`config.finetune`: `cycles` cycles of
 `cycle_epochs * cycle_scale[cell type]` epochs, then `final_epochs` at `final_learning_rate`).
 Everything else is `training.run`: each cell type's folder `OUT/<cell type>/` is a training folder,
-finished when its `done.json` exists.
+finished when its `done.json` exists. Given pseudo labels (the pipeline's, `stages.finetune_stage`),
+the cell type's unlabelled test wells carry them as in a pseudo-label round (paper Fig. 5B: the
+cell type's training data and pseudo-labelled test data).
 """
 
 from __future__ import annotations
@@ -105,7 +107,9 @@ def save_pretrained_backbone(init_workdir: str, path: str) -> str:
     return str(workdir_lib.checkpoint(init_workdir))
 
 
-def run(config, workdir: str, *, init_workdir: str, cell_types=None) -> dict[str, str]:
+def run(
+    config, workdir: str, *, init_workdir: str, cell_types=None, pseudo_labels=None
+) -> dict[str, str]:
     """Fine-tunes one model per cell type under `workdir`; returns {cell type: its SavedModel path}.
 
     Args:
@@ -114,6 +118,8 @@ def run(config, workdir: str, *, init_workdir: str, cell_types=None) -> dict[str
       workdir: gets one train.py workdir per cell type, `<workdir>/<cell type>/`.
       init_workdir: the pretrained train.py workdir.
       cell_types: names or "A,B"; default config.data.cell_types, else all four.
+      pseudo_labels: optional (id_codes, labels) of unlabelled test wells, as `training.run` takes
+        them (wells of other cell types are never read).
     """
     from deepnoise_tf import factory
 
@@ -155,7 +161,14 @@ def run(config, workdir: str, *, init_workdir: str, cell_types=None) -> dict[str
             "cell_type": cell_type,
             "init_workdir": init_workdir,
             "init_checkpoint": checkpoint,
+            "pseudo_label_wells": 0 if pseudo_labels is None else len(pseudo_labels[0]),
         }
-        training.run(cell_config, cell_dir, initial_backbone=backbone_path, record=record)
+        training.run(
+            cell_config,
+            cell_dir,
+            initial_backbone=backbone_path,
+            record=record,
+            pseudo_labels=pseudo_labels,
+        )
         print(f"[deepnoise] fine-tuned {cell_type}: {exports[cell_type]}", flush=True)
     return exports

@@ -35,6 +35,8 @@ class Predictor:
     num_models: int
     class_names: tuple[str, ...]
     keep_alive: object = None  # the loaded SavedModel or the networks: they own the variables
+    # `serve` plus `cell_type` string [B]: each cell type's own models (`export.ROUTED_SIGNATURE`).
+    serve_by_cell_type: object = None
 
 
 def load_export(path) -> Predictor:
@@ -65,6 +67,8 @@ def load_export(path) -> Predictor:
         num_models=int(metadata["num_models"]),
         class_names=tuple(name.decode() for name in metadata["class_names"]),
         keep_alive=loaded,
+        # Exports without per-cell-type models (and those written before them) lack it.
+        serve_by_cell_type=loaded.signatures.get(export.ROUTED_SIGNATURE),
     )
 
 
@@ -159,8 +163,9 @@ def site_batches(
 
 
 def batch_function(predictors: dict, tta: bool):
-    """One tf.function `(image, mean, std) -> {name: (logits, embedding)}` for every predictor, the
-    test-time views averaged if `tta`.
+    """One tf.function `(image, mean, std, cell_type) -> {name: (logits, embedding)}` for every
+    predictor (each cell type through its own models where the predictor has them), the test-time
+    views averaged if `tta`.
 
     The dihedral views are applied to the uint8 images (they commute with the per-channel
     normalization and the resize); logits are averaged in logit space, embeddings averaged and
@@ -168,15 +173,21 @@ def batch_function(predictors: dict, tta: bool):
     """
 
     @tf.function(reduce_retracing=True)
-    def run(image, mean, std):
+    def run(image, mean, std, cell_type):
         if tta:
             views = augment.test_time_views(image)  # [V, B, H, W, C]
             count, batch = tf.shape(views)[0], tf.shape(views)[1]
             image = tf.reshape(views, tf.concat([[count * batch], tf.shape(views)[2:]], 0))
             mean, std = tf.tile(mean, [count, 1]), tf.tile(std, [count, 1])
+            cell_type = tf.tile(cell_type, [count])
         outputs = {}
         for name, predictor in predictors.items():
-            served = predictor.serve(image=image, mean=mean, std=std)
+            if predictor.serve_by_cell_type is not None:
+                served = predictor.serve_by_cell_type(
+                    image=image, mean=mean, std=std, cell_type=cell_type
+                )
+            else:
+                served = predictor.serve(image=image, mean=mean, std=std)
             logits, embedding = served["logits"], served["embedding"]
             if tta:
                 logits = tf.reduce_mean(tf.reshape(logits, [count, batch, -1]), 0)
@@ -219,7 +230,7 @@ def predict_sites(
             if tta and image.shape[1] != image.shape[2]:
                 raise ValueError(f"test-time views need square images, got {image.shape[1:3]}")
             for name, (batch_logits, batch_embedding) in run(
-                image, batch["mean"], batch["std"]
+                image, batch["mean"], batch["std"], batch["cell_type"]
             ).items():
                 logits[name].append(batch_logits.numpy())
                 if with_embeddings:

@@ -15,10 +15,12 @@ The whole of DeepNoise (paper, Algorithm 1) in one command, as resumable stages 
    blended into a running bank (weight 1 first, then `pipeline.pseudo_label_bank_weight`).
 4. `finetune_round_<b>_<key>/<backbone>/<cell type>/` (when `pipeline.finetune`; `<key>` names
    the fine-tuning settings): per-cell-type fine-tuning (`finetuning.run`) of the selected round b's
-   models, and their evaluation.
-5. `export/`: the ensemble SavedModel of round b (the round with the best post-processed ensemble
-   validation accuracy; `export.export_run_folders`, the same signatures as a single model), plus
-   `export_finetuned/<cell type>/` after fine-tuning; `results.csv` (validation accuracy of every
+   models on the cell type's data and the pseudo labels made from every round (`pseudo_labels/`),
+   and their evaluation.
+5. `export/`: one ensemble SavedModel (`export.export_run_folders`): `serving_default` serves round
+   b's ensemble (the round with the best post-processed ensemble validation accuracy), and
+   `serving_by_cell_type` predicts each fine-tuned cell type with its fine-tuned pair (the paper's
+   prediction; `predict` uses it); `results.csv` (validation accuracy of every
    teacher, the ensemble and the post-processed ensemble, per round) and `results_by_cell_type.csv`; `summary.json` (the selected round and the paths).
 
 Every stage writes its outputs, then a marker (`done.json`) last; rerunning the command

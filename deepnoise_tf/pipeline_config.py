@@ -92,10 +92,15 @@ def member_config(config, backbone: str, round_index: int):
 
 
 def finetune_settings_key(config) -> str:
-    """8 hex digits of the fine-tuning settings: other settings fine-tune into another folder."""
+    """8 hex digits of the fine-tuning settings (and of its pseudo labels' rounds): other settings
+    fine-tune into another folder."""
     settings = {
         "finetune": config.finetune.to_dict(),
         "cell_types": list(config.pipeline.finetune_cell_types),
+        # Pseudo labels from every round (stages.finetune_stage): more rounds, other labels.
+        "pseudo_labels_after_round": (
+            int(config.pipeline.pseudo_label_rounds) if config.mean_teacher.enabled else None
+        ),
     }
     return hashlib.sha1(json.dumps(settings, sort_keys=True, default=list).encode()).hexdigest()[:8]
 

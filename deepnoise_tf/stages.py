@@ -152,6 +152,12 @@ def load_logits(path: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
 # Stages
 
 
+def read_pseudo_labels(path: str) -> tuple[list[str], np.ndarray]:
+    """(id_codes, pseudo labels) of a pseudo-label table, as `training.run` takes them."""
+    table = pd.read_csv(path)
+    return table["id_code"].astype(str).tolist(), table["pseudo_label"].to_numpy()
+
+
 def train_stage(
     context: Context,
     round_index: int,
@@ -167,10 +173,7 @@ def train_stage(
         log(f"round {round_index} {backbone}: trained before, skipped")
         return done
     member = pipeline_config.member_config(context.config, backbone, round_index)
-    labels = None
-    if pseudo_labels_path is not None:
-        table = pd.read_csv(pseudo_labels_path)
-        labels = (table["id_code"].astype(str).tolist(), table["pseudo_label"].to_numpy())
+    labels = read_pseudo_labels(pseudo_labels_path) if pseudo_labels_path is not None else None
     resuming = os.path.isdir(os.path.join(folder, "backup"))
     log(
         f"round {round_index} {backbone}: training {member.train.epochs} epochs"
@@ -277,16 +280,17 @@ def _refreshed_labels(
 
 
 def pseudo_label_stage(
-    context: Context, round_index: int, evaluations: list[dict]
+    context: Context, round_index: int, evaluations: list[dict], directory: str | None = None
 ) -> dict[str, str]:
     """Pseudo labels of round `round_index` (>= 1) for each member: `{member: csv path}`.
 
     For each source (the ensemble, or each member's own teacher) the labels come from the round
     with the best validation score of that source's predictions so far (`pseudo_labels.source_score`:
     post-processed, then plain); they change only when that round is new (a strict improvement),
-    and its test logits then enter the bank.
+    and its test logits then enter the bank. `directory`: where to write them (default
+    `round_<round_index>/pseudo_labels`; fine-tuning's are those of the round after the last).
     """
-    directory = os.path.join(context.round_dir(round_index), "pseudo_labels")
+    directory = directory or os.path.join(context.round_dir(round_index), "pseudo_labels")
     sources = pseudo_labels.pseudo_label_sources(context.config)
     done = workdir_lib.read_done(directory)
     if done is not None:
@@ -326,8 +330,13 @@ def pseudo_label_stage(
     return {member: record["sources"][source]["path"] for member, source in sources.items()}
 
 
-def finetune_stage(context: Context, selected: int) -> dict:
-    """Per-cell-type fine-tuning of round `selected`'s models and its evaluation (paper, "Fine-tuning")."""
+def finetune_stage(context: Context, selected: int, evaluations: list[dict]) -> dict:
+    """Per-cell-type fine-tuning of round `selected`'s models and its evaluation (paper, "Fine-tuning").
+
+    With the mean teacher, each cell type trains on its labelled wells and its pseudo-labelled
+    test wells (paper Fig. 5B), the labels made from every round as a further round would make
+    them (`pseudo_label_stage`; from the selected round for the ensemble source).
+    """
     from deepnoise_tf import finetuning
 
     pipeline = context.config.pipeline
@@ -336,6 +345,14 @@ def finetune_stage(context: Context, selected: int) -> dict:
     done = workdir_lib.read_done(directory)
     if done is None:
         cell_types = tuple(pipeline.finetune_cell_types) or None
+        label_paths = {}
+        if context.config.mean_teacher.enabled:
+            label_paths = pseudo_label_stage(
+                context,
+                len(evaluations),
+                evaluations,
+                directory=os.path.join(directory, "pseudo_labels"),
+            )
         run_folders: dict[str, dict[str, str]] = {}
         for backbone in context.members:
             log(f"fine-tuning round {selected}'s {backbone} per cell type")
@@ -344,6 +361,7 @@ def finetune_stage(context: Context, selected: int) -> dict:
                 os.path.join(directory, backbone),
                 init_workdir=os.path.join(context.round_dir(selected), backbone),
                 cell_types=cell_types,
+                pseudo_labels=(read_pseudo_labels(label_paths[backbone]) if label_paths else None),
             )
             free_memory()
             for cell_type, export_dir in exports.items():
@@ -352,6 +370,7 @@ def finetune_stage(context: Context, selected: int) -> dict:
         record = {
             "init_round": selected,
             "settings": context.config.finetune.to_dict(),
+            "pseudo_labels": label_paths,
             "workdirs": run_folders,
         }
         done = workdir_lib.mark_done(directory, record)
@@ -406,33 +425,33 @@ def finetune_evaluation(
     return workdir_lib.mark_done(evaluation_dir, {"round": FINETUNE_ROUND, "rows": rows})
 
 
-def _export(run_folders: list[str], path: str, record: dict) -> None:
-    """Exports the ensemble of `run_folders` to `path` unless `path/done.json` records the same."""
+def export_stage(context: Context, selected: int, finetuned: dict | None) -> dict:
+    """The final ensemble SavedModel `export/` (rebuilt only when the models behind it changed).
+
+    The paper predicts each cell type with its fine-tuned models ("Fine-tuning"): the export routes
+    the fine-tuned cell types to them (`export.ROUTED_SIGNATURE`, which `predict` uses), every
+    other image to round `selected`'s ensemble, which `serving_default` serves to all.
+    """
     from deepnoise_tf import export
 
-    if workdir_lib.read_done(path) == record:
-        return
-    log(f"exporting the ensemble of {len(run_folders)} models to {path}")
-    export.export_run_folders(run_folders, path)
-    workdir_lib.mark_done(path, record)
-
-
-def export_stage(context: Context, selected: int, finetuned: dict | None) -> dict:
-    """The final ensemble SavedModel(s); each is rebuilt only when the models behind it changed."""
     run_folders = {
         member: os.path.join(context.round_dir(selected), member) for member in context.members
     }
-    _export(
-        [run_folders[member] for member in context.members],
-        os.path.join(context.workdir, "export"),
-        {"round": selected, "workdirs": run_folders},
-    )
     wanted = finetuned["workdirs"] if finetuned else {}
-    for cell_type, members in sorted(wanted.items()):
-        _export(
-            [members[member] for member in context.members],
-            os.path.join(context.workdir, "export_finetuned", cell_type),
-            {"cell_type": cell_type, "workdirs": members},
+    record = {"round": selected, "workdirs": run_folders, "finetuned": wanted}
+    path = os.path.join(context.workdir, "export")
+    if workdir_lib.read_done(path) != record:
+        log(
+            f"exporting the ensemble of {len(run_folders)} models to {path}"
+            + (f", {sorted(wanted)} routed to their fine-tuned models" if wanted else "")
         )
-    free_memory()
-    return {"round": selected, "workdirs": run_folders, "finetuned": wanted}
+        routes = {
+            cell_type: [members[member] for member in context.members]
+            for cell_type, members in wanted.items()
+        }
+        export.export_run_folders(
+            [run_folders[member] for member in context.members], path, routes=routes
+        )
+        workdir_lib.mark_done(path, record)
+        free_memory()
+    return record

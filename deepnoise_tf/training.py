@@ -68,6 +68,7 @@ def split_index(config, folder: str):
         "data_dir": config.data.data_dir,
         "val": list(config.data.val_experiments),
         "cell_types": list(config.data.cell_types),
+        "test_controls": bool(config.data.test_controls),
     }
     if os.path.exists(path):
         cached = workdir_lib.read_json(path)

@@ -90,19 +90,20 @@ def test_training_batches_mix_a_fixed_labelled_share_per_replica(tiny_config):
 
 
 def test_training_never_reads_a_test_label(tiny_config, monkeypatch):
-    """The test split is decoded without `sirna`; its rows are unlabelled whatever the source holds."""
+    """The unlabelled test split is decoded without `sirna`; test labels are read only with the
+    treatments filtered out (controls, tests/test_test_controls.py)."""
     truth = examples(tiny_config, "test")
     assert any(e["sirna"] >= 0 for e in truth)  # the release layout has real test labels
     requested = []
     original = data.load_sites
 
     def recording_load_sites(data_config, split, *, with_labels, **kwargs):
-        requested.append((split, with_labels))
+        requested.append((split, with_labels, kwargs.get("controls_only", False)))
         return original(data_config, split, with_labels=with_labels, **kwargs)
 
     monkeypatch.setattr(data, "load_sites", recording_load_sites)
     dataset = data.training_dataset(tiny_config)
-    assert ("test", False) in requested and ("test", True) not in requested
+    assert ("test", False, False) in requested and ("test", True, False) not in requested
     unlabelled = data.load_sites(tiny_config.data, "test", with_labels=False)
     assert "sirna" not in unlabelled.element_spec
     for batch in dataset.take(4).as_numpy_iterator():
@@ -149,7 +150,11 @@ def test_index_counts_wells_per_role(tiny_config):
     index = data.index_splits(tiny_config.data)
     train = examples(tiny_config, "train")
     expected_labelled = len({e["id_code"] for e in train if e["experiment"] != b"HEPG2-01"})
-    assert index.labelled_wells == expected_labelled
+    test_controls = {
+        e["id_code"] for e in examples(tiny_config, "test") if e["well_type"] != b"treatment"
+    }
+    assert test_controls and index.test_control_wells == len(test_controls)
+    assert index.labelled_wells == expected_labelled + len(test_controls)
     assert index.validation_sites == sum(e["experiment"] == b"HEPG2-01" for e in train)
     with tiny_config.unlocked():
         tiny_config.data.val_experiments = ("NOPE-01",)

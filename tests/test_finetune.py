@@ -162,14 +162,16 @@ def test_only_the_chosen_cell_type_is_read(finetuned, tiny_data):
     for split in ("train", "test"):
         sites = tfds.as_numpy(tfds.load(builder, split=split, data_dir=data_dir, batch_size=-1))
         huvec = sites["cell_type"] == b"HUVEC"
+        controls = huvec & (sites["well_type"] != b"treatment")
         truth[split] = (
             set(sites["experiment"][huvec].astype(str)),
             len(set(sites["id_code"][huvec])),
+            len(set(sites["id_code"][controls])),
         )
-    # Labelled HUVEC train plates and unlabelled HUVEC test plates, nothing else.
+    # Labelled HUVEC train plates (and test controls), unlabelled HUVEC test plates, nothing else.
     assert experiments == truth["train"][0] | truth["test"][0]
     index = json.loads((finetuned["workdir"] / "HUVEC" / "split_index.json").read_text())["index"]
-    assert index["labelled_wells"] == truth["train"][1]
+    assert index["labelled_wells"] == truth["train"][1] + truth["test"][2]
     assert index["unlabelled_wells"] == truth["test"][1]
 
 

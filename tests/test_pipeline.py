@@ -8,6 +8,7 @@ means of the stored logits, a brute-force plate assignment, and the exported Sav
 `predict` (another reading of the data set).
 """
 
+import dataclasses
 import itertools
 import json
 import os
@@ -221,10 +222,20 @@ def test_stages_run_in_order_and_write_their_files(run, capsys):
                     workdir, f"round_{round_index}", "pseudo_labels", "ensemble.csv"
                 )
                 assert (losses > 0).all(), "the pseudo labels did not reach the loss"
+    # Fine-tuning trains on the pseudo labels of the round after the last (from every round).
+    finetune_labels = os.path.join(finetune_dir, "pseudo_labels", "ensemble.csv")
+    record = workdir_lib.read_done(os.path.join(finetune_dir, "pseudo_labels"))
+    assert record["round"] == ROUNDS + 1
+    assert record["sources"]["ensemble"]["source_round"] == selected
     for cell_type in FINETUNE_CELL_TYPES:
-        assert os.path.isfile(
-            os.path.join(workdir, "export_finetuned", cell_type, "saved_model.pb")
-        )
+        for member in MEMBERS:
+            folder = os.path.join(finetune_dir, member, cell_type)
+            done = workdir_lib.read_done(folder)
+            assert done["pseudo_label_wells"] == len(pd.read_csv(finetune_labels))
+            losses = pd.read_csv(os.path.join(folder, "metrics.csv"))["pseudo_label_loss"]
+            assert (losses > 0).all(), "the pseudo labels did not reach the fine-tuning loss"
+    export_record = workdir_lib.read_done(os.path.join(workdir, "export"))
+    assert sorted(export_record["finetuned"]) == sorted(FINETUNE_CELL_TYPES)
     assert os.path.isfile(os.path.join(workdir, "export", "saved_model.pb"))
     assert os.path.isfile(os.path.join(workdir, "results.csv"))
     assert outcome["export"] == os.path.join(workdir, "export")
@@ -367,22 +378,38 @@ def test_own_teacher_pseudo_labels_come_from_each_models_own_logits(run, truth, 
 
 @pytest.mark.slow
 def test_final_export_serves_the_selected_rounds_ensemble(run, data):
-    """`predict` with DIR/export (another reading of the data) reproduces the stored ensemble logits."""
+    """`predict` with DIR/export (another reading of the data) reproduces the stored ensemble logits
+    for the cell types not fine-tuned and the fine-tuned models' ensemble for the others; its
+    `serving_default` serves the selected round's ensemble to every cell type."""
     _, workdir, outcome = run
     data_dir, _ = data
+    predictor = inference.load_export(os.path.join(workdir, "export"))
+    plain = dataclasses.replace(predictor, serve_by_cell_type=None)  # serving_default only
     outputs = inference.predict_split(
-        {"model": inference.load_export(os.path.join(workdir, "export"))},
-        data_dir,
-        "rxrx1/native",
-        "test",
+        {"model": predictor, "default": plain}, data_dir, "rxrx1/native", "test"
     )
-    wells, logits = outputs.wells, outputs.logits["model"]
+    wells = outputs.wells.set_index("id_code")
     ids, members = stored(workdir, outcome["selected_round"], "test")
-    served = pd.DataFrame(logits, index=wells["id_code"]).loc[ids].to_numpy()
-    np.testing.assert_allclose(
-        served, (members["xception"].astype(np.float64) + members["xception_wide"]) / 2, atol=1e-4
-    )
-    assert inference.load_export(os.path.join(workdir, "export")).num_models == len(MEMBERS)
+    general = (members["xception"].astype(np.float64) + members["xception_wide"]) / 2
+    served = pd.DataFrame(outputs.logits["model"], index=wells.index).loc[ids].to_numpy()
+    default = pd.DataFrame(outputs.logits["default"], index=wells.index).loc[ids].to_numpy()
+    np.testing.assert_allclose(default, general, atol=1e-4)
+    routed = wells.loc[ids, "cell_type"].isin(FINETUNE_CELL_TYPES).to_numpy()
+    assert routed.any() and (~routed).any()
+    np.testing.assert_allclose(served[~routed], general[~routed], atol=1e-4)
+    finetuned = workdir_lib.read_done(outcome["finetune_dir"])["workdirs"]
+    for cell_type in FINETUNE_CELL_TYPES:
+        own = inference.predict_split(
+            {m: inference.from_run_folder(finetuned[cell_type][m]) for m in MEMBERS},
+            data_dir, "rxrx1/native", "test", cell_types=(cell_type,),
+        )  # fmt: skip
+        frame = {m: pd.DataFrame(own.logits[m], index=own.wells["id_code"]) for m in MEMBERS}
+        mask = (wells.loc[ids, "cell_type"] == cell_type).to_numpy()
+        rows = np.asarray(ids)[mask]
+        expected = sum(frame[m].loc[rows].to_numpy(np.float64) for m in MEMBERS) / len(MEMBERS)
+        np.testing.assert_allclose(served[mask], expected, atol=1e-4)
+        assert np.abs(served[mask] - general[mask]).max() > 1e-3
+    assert predictor.num_models == len(MEMBERS)
 
 
 @pytest.mark.slow
