@@ -12,8 +12,11 @@ checkpoint, CSV and TensorBoard callbacks read them.
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
+import tensorflow as tf
 
 from deepnoise_tf import evaluation, inference, postprocess
 
@@ -65,15 +68,21 @@ class WellAccuracy(keras.callbacks.Callback):
         self.image_size = int(config.data.image_size)
         self.normalization = config.data.normalization
         self.batches = validation_batches(config)
+        self.predictor = None
 
     def score(self) -> float:
         """The current weights' score (the model's inference network, as it would be exported)."""
-        predictor = inference.from_networks(
-            [self.model.inference_network()],
-            image_size=self.image_size,
-            normalization=self.normalization,
-        )
-        outputs = inference.predict_wells({"model": predictor}, self.batches)
+        if self.predictor is None:
+            predictor = inference.from_networks(
+                [self.model.inference_network()],
+                image_size=self.image_size,
+                normalization=self.normalization,
+            )
+            # Traced once and reused every epoch (the networks' variables are read at each call).
+            self.predictor = dataclasses.replace(
+                predictor, serve=tf.function(predictor.serve, reduce_retracing=True)
+            )
+        outputs = inference.predict_wells({"model": self.predictor}, self.batches)
         return treatment_well_accuracy(outputs.wells, outputs.logits["model"])
 
     def on_epoch_end(self, epoch, logs=None):
