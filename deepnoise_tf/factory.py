@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 
 from deepnoise_tf import config as config_lib
-from deepnoise_tf import constants, layers, models, schedules
+from deepnoise_tf import constants, layers, models, optimizers, schedules
 from deepnoise_tf.mean_teacher import MeanTeacher
 
 
@@ -97,7 +97,7 @@ def finetune_epoch_scale(config) -> float:
 def learning_rate_schedule(config, steps_per_epoch: int):
     """Pretraining: piecewise-constant (`config.train`); fine-tuning: cosine restarts (`config.finetune`)."""
     optimizer = config.train.optimizer
-    if optimizer == "adamw":
+    if optimizer in ("adam_l2", "adamw"):
         return schedules.PiecewiseEpochLR(
             steps_per_epoch=steps_per_epoch,
             boundaries=tuple(config.train.lr_epoch_boundaries),
@@ -121,13 +121,18 @@ def learning_rate_schedule(config, steps_per_epoch: int):
 
 
 def build_optimizer(config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """`config.train.optimizer`: "adamw" (pretraining) or "sgd_cosine" (per-cell-type fine-tuning).
+    """`config.train.optimizer`: "adam_l2" or "adamw" (pretraining), "sgd_cosine" (fine-tuning).
 
-    Weight decay is decoupled (lr * wd * w per step; for SGD without momentum the same as PyTorch's
-    L2 term) and skips batch-norm and bias parameters in both stages.
+    "adam_l2" (default) is the paper's Adam with L2 2e-4 (`optimizers.AdamL2`: `wd * w` added to
+    the gradient before Adam's scaling, as PyTorch's `Adam(weight_decay=...)` in the authors' code);
+    "adamw" is Keras's decoupled decay (lr * wd * w per step). The fine-tuning SGD has no momentum,
+    where decoupled decay and the L2 gradient term are the same update. Every stage skips
+    batch-norm and bias parameters (`optimizers.L2_EXCLUDED_NAMES`).
     """
     schedule = learning_rate_schedule(config, steps_per_epoch)
-    if config.train.optimizer == "adamw":
+    if config.train.optimizer == "adam_l2":
+        optimizer = optimizers.AdamL2(learning_rate=schedule, l2=config.train.weight_decay)
+    elif config.train.optimizer == "adamw":
         optimizer = keras.optimizers.AdamW(
             learning_rate=schedule, weight_decay=config.train.weight_decay
         )
@@ -138,7 +143,7 @@ def build_optimizer(config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
             nesterov=config.finetune.nesterov,
             weight_decay=config.finetune.weight_decay,
         )
-    optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    optimizer.exclude_from_weight_decay(var_names=list(optimizers.L2_EXCLUDED_NAMES))
     return optimizer
 
 

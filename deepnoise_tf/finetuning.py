@@ -81,6 +81,8 @@ def cell_type_config(config, cell_type: str):
         result.train.epochs = finetune_epochs(config.finetune, cell_type)
         result.train.export = True  # run() returns the exports
         result.model.imagenet_weights = ""  # the backbone comes from the pretrained run
+        # The teacher is pretrained: no labelled-only phase (that is for a teacher trained afresh).
+        result.mean_teacher.consistency_start_epoch = 0.0
     return result
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from collections.abc import Callable
 
 import h5py
@@ -25,6 +26,8 @@ import numpy as np
 from deepnoise_tf import constants
 
 STEMS = ("7x7", "3x3")  # the valid `config.model.stem` values; see `xception` for what each is
+# Backbones that Keras's Xception ImageNet weights fit (at width 1); the others train from scratch.
+IMAGENET_BACKBONES = ("xception",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,7 +270,13 @@ def xception(
         name=name or "xception",
     )
     if weights is not None:
-        load_imagenet_weights(model, weights)
+        skipped = load_imagenet_weights(model, weights)
+        if skipped:
+            print(
+                f"[deepnoise] ImageNet weights from {weights} loaded into {model.name}, except "
+                f"{', '.join(skipped)} (a {stem} stem has no ImageNet counterpart: fresh initialisation)",
+                flush=True,
+            )
     return model
 
 
@@ -383,13 +392,26 @@ def adapt_stem_kernel(kernel: np.ndarray, num_channels: int) -> np.ndarray:
 def load_imagenet_weights(model: keras.Model, path: str) -> tuple[str, ...]:
     """Loads Keras's Xception ImageNet weights from a local file into our Xception (width 1).
 
-    The stem conv is copied when its shape matches, adapted (`adapt_stem_kernel`) when only the
-    number of input channels differs, and left at its fresh initialisation when the kernel size
-    differs (the 7x7 stem). Extra layers in the file (the ImageNet classifier) are ignored.
+    The file is the one `keras.applications.Xception(weights="imagenet", include_top=False)`
+    downloads (`xception_weights_tf_dim_ordering_tf_kernels_notop.h5`, legacy HDF5, by layer name),
+    or any Keras weights file of that network. The stem conv is copied when its shape matches,
+    adapted (`adapt_stem_kernel`) when only the number of input channels differs, and left at its
+    fresh initialisation when the kernel size differs (the 7x7 stem of the public code: every other
+    layer, `block1_conv1_bn` included, is loaded). Extra layers in the file (the ImageNet
+    classifier) are ignored.
 
     Returns:
       Names of our layers that were not loaded (kept at initialisation).
+
+    Raises:
+      ValueError: naming `path`, when the file lacks one of our layers or a weight has another shape
+      (e.g. a model at width != 1, or another network's file).
     """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"ImageNet weights file {path} does not exist (config.model.imagenet_weights: a local "
+            "copy of Keras's xception_weights_tf_dim_ordering_tf_kernels_notop.h5)"
+        )
     source = read_weights_file(path)
     residual_names = _residual_source_names(source)
     skipped = []
@@ -398,7 +420,11 @@ def load_imagenet_weights(model: keras.Model, path: str) -> tuple[str, ...]:
             continue
         source_name = residual_names.get(layer.name, layer.name)
         if source_name not in source:
-            raise ValueError(f"{path} has no weights for layer {layer.name!r}")
+            raise ValueError(
+                f"{path} does not fit {model.name}: it has no weights for layer {layer.name!r} "
+                "(expected Keras's Xception ImageNet weights, e.g. "
+                "xception_weights_tf_dim_ordering_tf_kernels_notop.h5)"
+            )
         arrays = source[source_name]
         expected = [tuple(w.shape) for w in layer.weights]
         if layer.name == "block1_conv1" and tuple(arrays[0].shape) != expected[0]:
@@ -410,8 +436,9 @@ def load_imagenet_weights(model: keras.Model, path: str) -> tuple[str, ...]:
                 continue
         if [tuple(a.shape) for a in arrays] != expected:
             raise ValueError(
-                f"shape mismatch for {layer.name!r}: file {[a.shape for a in arrays]}, "
-                f"model {expected}"
+                f"{path} does not fit {model.name}: layer {layer.name!r} has shapes "
+                f"{[a.shape for a in arrays]} in the file, {expected} in the model "
+                "(ImageNet weights need Xception at width 1)"
             )
         layer.set_weights(arrays)
     return tuple(skipped)

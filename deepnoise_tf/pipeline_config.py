@@ -76,11 +76,15 @@ def member_config(config, backbone: str, round_index: int):
     schedules continue; they train `pipeline.retrain_epochs` at the constant
     `pipeline.retrain_learning_rate` (0 = the continued `train` schedule).
     """
+    from deepnoise_tf import models  # keras, as validate; config_lib.validate imports it anyway
+
     pipeline = config.pipeline
     result = copy.deepcopy(config)
     with result.unlocked():
         del result["pipeline"]
         result.model.backbone = backbone
+        if backbone not in models.IMAGENET_BACKBONES:
+            result.model.imagenet_weights = ""  # Xception-Wide trains from scratch (method.md §4)
         if round_index == 0:
             result.train.epochs = int(pipeline.train_epochs or config.train.epochs)
         else:

@@ -59,7 +59,7 @@ def plot_training_curves(metrics: pd.DataFrame, path: str | pathlib.Path) -> pat
     axes = np.atleast_1d(axes)
     epochs = metrics["epoch"].to_numpy() + 1
     titles = {
-        "accuracy": "accuracy (val_ = held-out experiments)",
+        "accuracy": "accuracy (val_: held-out experiments; _well_: per well, treatments)",
         "loss": "training losses",
         "schedule": "schedules",
     }

@@ -2,8 +2,9 @@
 
 The run folder follows `deepnoise_tf.workdir`: `config.json`, `split_index.json`, `metrics.csv`,
 TensorBoard logs, `backup/` (Keras `BackupAndRestore`: a rerun resumes after a crash or kill),
-`checkpoints/best.weights.h5` (by validation accuracy) and `last.weights.h5`, `fit_finished.json`,
-`export/`, and `done.json` last. A folder with `done.json` is finished and `run` returns its record
+`checkpoints/best.weights.h5` (by the per-well validation accuracy over treatments,
+`deepnoise_tf.selection`) and `last.weights.h5`, `fit_finished.json`, `export/`, and `done.json`
+last. A folder with `done.json` is finished and `run` returns its record
 untouched; what a rerun of an unfinished folder does (resume, finish, or refuse) is
 `deepnoise_tf.resume`'s.
 """
@@ -104,11 +105,6 @@ def best_score_so_far(metrics_path: str, monitor: str) -> float | None:
     return max(scores) if scores else None
 
 
-def monitored_metric(config) -> str:
-    """The validation accuracy that selects the checkpoint: the teacher's when there is one."""
-    return "val_teacher_accuracy" if config.mean_teacher.enabled else "val_student_accuracy"
-
-
 def _build_model(config, steps: int, strategy, initial_weights, initial_backbone):
     """The training wrapper inside the strategy's scope, started from the given weights."""
     from deepnoise_tf import factory
@@ -148,17 +144,23 @@ def _datasets(config, index, num_replicas: int, pseudo_labels, skip_batches: int
 
 
 def _callbacks(config, folder: str, with_validation: bool) -> list:
-    """Fit-finished marker, backup, NaN guard, best checkpoint, CSV and TensorBoard logs, in the
-    order a kill needs.
+    """Validation score, fit-finished marker, backup, NaN guard, best checkpoint, CSV and
+    TensorBoard logs, in the order a kill needs.
 
-    The marker's `on_train_end` runs before the backup's deletes `backup/`. A backup of epoch k is written before epoch k's best checkpoint and its metrics.csv row, so the
-    csv never repeats an epoch and every logged score that beat the best has its weights on disk.
-    `double_checkpoint`: a kill while the backup is being written falls back to the previous one.
+    The per-well validation score (`selection.WellAccuracy`) is computed first, so the backup of an
+    epoch exists only once its score is in the logs. The marker's `on_train_end` runs before the
+    backup's deletes `backup/`. A backup of epoch k is written before epoch k's best checkpoint and
+    its metrics.csv row, so the csv never repeats an epoch and every logged score that beat the best
+    has its weights on disk. `double_checkpoint`: a kill while the backup is being written falls
+    back to the previous one.
     """
     import keras
 
+    from deepnoise_tf import selection
+
     metrics_path = os.path.join(folder, workdir_lib.METRICS_FILE)
-    callbacks = [
+    callbacks = [selection.WellAccuracy(config)] if with_validation else []
+    callbacks += [
         resume.fit_finished_callback(folder, config.train.epochs),
         keras.callbacks.BackupAndRestore(os.path.join(folder, "backup"), double_checkpoint=True),
         keras.callbacks.TerminateOnNaN(),
@@ -166,7 +168,8 @@ def _callbacks(config, folder: str, with_validation: bool) -> list:
     best_path = os.path.join(folder, "checkpoints", "best.weights.h5")
     if with_validation:
         os.makedirs(os.path.dirname(best_path), exist_ok=True)
-        monitor = monitored_metric(config)
+        # paper: checkpoints selected by validation accuracy; here per well over treatments
+        monitor = selection.monitored_metric(config)
         best_so_far = (
             best_score_so_far(metrics_path, monitor) if os.path.exists(best_path) else None
         )

@@ -275,7 +275,7 @@ def test_cell_type_config_and_errors(tiny_data):
         config.data.val_experiments = ("HEPG2-03", "HUVEC-16", "U2OS-03")
     cell = finetuning.cell_type_config(config, "HUVEC")
     assert cell.data.cell_types == ("HUVEC",) and cell.data.val_experiments == ("HUVEC-16",)
-    assert cell.train.optimizer == "sgd_cosine" and config.train.optimizer == "adamw"  # a copy
+    assert cell.train.optimizer == "sgd_cosine" and config.train.optimizer == "adam_l2"  # a copy
     assert factory.finetune_epoch_scale(cell) == 0.25
     with pytest.raises(ValueError, match="exactly one cell type"):
         factory.finetune_epoch_scale(config)

@@ -25,7 +25,7 @@ def main():
     import keras
     import tensorflow as tf
 
-    from deepnoise_tf import data, layers
+    from deepnoise_tf import data, layers, optimizers
     from deepnoise_tf.mean_teacher import VIEW_NAMES, MeanTeacher
 
     if args.devices > 1:
@@ -104,7 +104,10 @@ def main():
             rampup_epochs=1.0,
         )
         model.copy_student_to_teacher()
-        model.compile(optimizer=keras.optimizers.AdamW(1e-2, weight_decay=2e-4))
+        # The default optimizer's kind (Adam with L2), its term made large enough to matter here.
+        optimizer = optimizers.AdamL2(1e-2, l2=1e-2)
+        optimizer.exclude_from_weight_decay(var_names=list(optimizers.L2_EXCLUDED_NAMES))
+        model.compile(optimizer=optimizer)
     history = {"loss": [], "consistency_loss": []}
     if args.steps:
         history = model.fit(dataset, epochs=args.steps, steps_per_epoch=1, verbose=0).history

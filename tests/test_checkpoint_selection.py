@@ -1,0 +1,84 @@
+"""Checkpoint selection by the per-well accuracy over treatments (deepnoise_tf/selection.py): the
+score against a hand-made case with controls, its place among the callbacks, and a tiny run whose
+logged score equals numpy's on the best checkpoint."""
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import tiny_config
+
+from deepnoise_tf import constants, inference, selection, training, workdir
+
+VAL = ("HEPG2-01",)
+
+
+def test_score_is_per_well_over_treatments_without_controls():
+    c = constants.NUM_CLASSES
+    wells = pd.DataFrame(
+        {
+            "id_code": ["a", "b", "c", "d", "e"],
+            "well_type": ["treatment", "treatment", "treatment", "negative_control", "treatment"],
+            "label": [5, 7, 9, 1108, -1],
+        }
+    )
+    logits = np.zeros((5, c))
+    logits[0, 5] = 3.0  # right
+    logits[1, 7], logits[1, 1110] = 2.0, 9.0  # right among siRNAs; a control column is higher
+    logits[2, 3] = 1.0  # wrong
+    logits[3, 1108] = 5.0  # a control well: not scored
+    logits[4, 0] = 1.0  # unknown label: not scored
+    assert selection.treatment_well_accuracy(wells, logits) == pytest.approx(2 / 3)
+    wells["label"] = -1
+    assert np.isnan(selection.treatment_well_accuracy(wells, logits))
+
+
+@pytest.mark.parametrize("mean_teacher", [True, False])
+def test_the_well_score_is_computed_before_every_callback_that_reads_it(
+    tiny_data, tmp_path, mean_teacher
+):
+    config = tiny_config(
+        *tiny_data, **{"mean_teacher.enabled": mean_teacher, "data.val_experiments": VAL}
+    )
+    name = "val_teacher_well_accuracy" if mean_teacher else "val_student_well_accuracy"
+    assert selection.monitored_metric(config) == name
+    callbacks = training._callbacks(config, str(tmp_path), True)
+    assert isinstance(callbacks[0], selection.WellAccuracy) and callbacks[0].name == name
+    (checkpoint,) = [c for c in callbacks if isinstance(c, keras.callbacks.ModelCheckpoint)]
+    assert checkpoint.monitor == name
+    assert not any(isinstance(c, selection.WellAccuracy) for c in callbacks[1:])
+    assert not any(
+        isinstance(c, selection.WellAccuracy)
+        for c in training._callbacks(config, str(tmp_path), False)
+    )
+
+
+def test_logged_score_is_numpy_per_well_accuracy_of_the_best_checkpoint(tiny_data, tmp_path):
+    data_dir, builder = tiny_data
+    config = tiny_config(
+        *tiny_data,
+        **{
+            "data.val_experiments": VAL,
+            "data.shuffle_buffer": 64,
+            "model.width": 0.0625,
+            "train.batch_size": 8,
+            "train.steps_per_epoch": 2,
+            "train.epochs": 2,
+            "train.export": False,
+        },
+    )
+    training.run(config, str(tmp_path))
+    metrics = workdir.read_metrics(tmp_path / workdir.METRICS_FILE)
+    scores = metrics["val_teacher_well_accuracy"].to_numpy(dtype=float)
+    assert len(scores) == 2 and np.isfinite(scores).all()
+    assert "val_teacher_accuracy" in metrics.columns  # Keras's per-site score, kept as an extra
+
+    outputs = inference.predict_split(
+        {"best": inference.from_run_folder(tmp_path)}, data_dir, builder, "train", experiments=VAL
+    )
+    wells, logits = outputs.wells, outputs.logits["best"]
+    treatment = (wells["well_type"] == "treatment").to_numpy()
+    assert treatment.sum() > 0 and (~treatment).sum() > 0  # controls are there, and left out
+    labels = wells["label"].to_numpy()[treatment]
+    predictions = np.argmax(logits[treatment, : constants.NUM_SIRNAS], axis=1)
+    assert scores.max() == pytest.approx(np.mean(predictions == labels))
