@@ -114,9 +114,10 @@ def default_config() -> ml_collections.ConfigDict:
     config.mean_teacher.ema_epoch_boundaries = (1, 10, 20)
     config.mean_teacher.pseudo_label_weight = 0.05  # labelled loss then x (1 - weight)
     config.mean_teacher.pseudo_label_source = "ensemble"  # ensemble (paper) | own_teacher (code)
-    # ema: teacher batch-norm statistics are the EMA of the student's (teacher evaluated as it is used);
-    # batch: the teacher normalises its hard view with batch statistics (Tarvainen & Valpola).
-    config.mean_teacher.teacher_statistics = "ema"
+    # batch (paper's code, Tarvainen & Valpola): batch-norm statistics stay out of the EMA; the teacher
+    # normalises its hard view with batch statistics and is evaluated with its own moving averages.
+    # ema: the teacher's statistics are the EMA of the student's and it runs in inference mode.
+    config.mean_teacher.teacher_statistics = "batch"
 
     config.train = ml_collections.ConfigDict()
     config.train.epochs = 160

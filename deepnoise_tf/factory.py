@@ -172,6 +172,8 @@ def build_model(config, steps_per_epoch: int) -> MeanTeacher:
         normalization_jitter=config.data.normalization_jitter,
         # .get: config.json files written before the field existed get the default
         teacher_statistics=mean_teacher.get("teacher_statistics", "ema"),
+        # the batch layout of data.training_dataset: labelled rows first in each replica's slice
+        labelled_share=mean_teacher.labelled_share if mean_teacher.enabled else 1.0,
         seed=config.train.seed,
         margin_warmup_epochs=(
             config.model.get("arcface_margin_warmup_epochs", 0.0)

@@ -58,6 +58,21 @@ def merge_call(function, *args):
     )
 
 
+def cond_may_all_reduce() -> bool:
+    """Whether a `tf.cond` branch of the replica step may all-reduce (synchronized batch norm).
+
+    Works around: TF 2.21's `MirroredStrategy` and `MultiWorkerMirroredStrategy` all-reduce in
+    replica context through `merge_call` unless XLA compiles the step on GPUs only (their private
+    `extended._use_merge_call()`), and `merge_call` inside control flow raises ("`merge_call`
+    called while defining a new graph ..."). Without a strategy an all-reduce is the identity.
+    A strategy without that method answers False: the caller then does the branch's work always.
+    """
+    if not tf.distribute.has_strategy():
+        return True
+    use_merge_call = getattr(tf.distribute.get_strategy().extended, "_use_merge_call", None)
+    return use_merge_call is not None and not use_merge_call()
+
+
 # -- Keras 3 behaviours -------------------------------------------------------------------------
 def step_logs(values: dict) -> dict:
     """Step outputs shaped so that Keras 3.15 can reduce them across replicas.

@@ -4,16 +4,18 @@ It owns the step and nothing else (networks come from `models`/`layers`, formula
 `augment` and `schedules`, Keras/TensorFlow workarounds from `keras_compat`). Which view feeds which
 loss (the paper's Fig. 2C; the three views are the authors' code):
 
-- student, *normal* view, with labels -> ArcFace margin logits -> classification loss (eq. 4,
-  labelled rows);
-- student, *easy* view, no margin -> consistency MSE against the teacher (eq. 5), and the pSoftmax
-  pseudo-label loss (unlabelled rows that carry a pseudo label);
-- teacher, *hard* view, no margin, no gradient -> consistency target.
+- student, *normal* view of the labelled rows only, with labels -> ArcFace margin logits ->
+  classification loss (eq. 4);
+- student, *easy* view of every row, no margin -> consistency MSE against the teacher (eq. 5), and
+  the pSoftmax pseudo-label loss (the unlabelled rows that carry a pseudo label);
+- teacher, *hard* view of every row, no margin, no gradient -> consistency target.
 
-The teacher's trainable weights are the EMA of the student's (Tarvainen & Valpola 2017), updated once
-per step after the optimizer. Every loss term is reduced by the global count of the rows it covers,
-so the sum of the replicas' gradients is the gradient of the global-batch loss whatever the number
-of replicas.
+A pass whose result has weight 0 does not run: no teacher pass while the consistency weight is 0
+(the labelled-only epochs), and no easy-view pass unless the consistency weight is positive or the
+batch has pseudo-labelled rows. The teacher's trainable weights are the EMA of the student's
+(Tarvainen & Valpola 2017), updated once per step after the optimizer. Every loss term is reduced
+by the global count of the rows it covers, so the sum of the replicas' gradients is the gradient of
+the global-batch loss whatever the number of replicas.
 """
 
 from __future__ import annotations
@@ -28,6 +30,18 @@ from deepnoise_tf import augment, constants, keras_compat, losses, schedules
 # `views[name](images, seed) -> images` for each name; `augment.VIEWS` are the paper's.
 ViewFunction = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 VIEW_NAMES = ("easy", "normal", "hard")
+
+
+def labelled_prefix(rows: int, labelled_share: float) -> int:
+    """Labelled rows at the start of a replica's batch of `rows` (`data.labelled_batch_size`)."""
+    return max(1, min(rows, round(rows * labelled_share)))
+
+
+def _run_if(condition, compute, skipped):
+    """`compute()` where `condition` holds, else `skipped()`; a Python True always computes."""
+    if condition is True:
+        return compute()
+    return tf.cond(condition, compute, skipped)
 
 
 def ema_update(teacher_variables, student_variables, decay):
@@ -70,8 +84,15 @@ class MeanTeacher(keras_compat.PrebuiltModelMixin, keras.Model):
             input perturbations; default `augment.VIEWS`, the paper's augmentation (Method, Training
             details). Pass e.g. `functools.partial` of them to change `augment.ViewParameters`, or
             identities to train on the plain normalized image.
-        teacher_statistics: "ema" (default) averages the student's batch-norm statistics into the teacher,
-            which then runs in inference mode; "batch" lets the teacher keep its own (Tarvainen & Valpola).
+        teacher_statistics: "batch" (default; the paper's code, Tarvainen & Valpola) normalises the
+            teacher's hard view with batch statistics and keeps batch-norm statistics out of the
+            EMA: the teacher's moving statistics come from its own passes (from the student's
+            while it runs none, see `_update_teacher`); "ema" averages the student's statistics
+            into the teacher, which then runs in inference mode.
+        labelled_share: the fixed labelled share of every batch, whose labelled rows come first in
+            each replica's slice (`data.training_dataset`): the normal view then runs on that static
+            prefix (`labelled_prefix`). None: on the rows with a label, gathered by a mask
+            (any order, dynamic shape, not for XLA).
         seed: seeds the in-step augmentation (stateless; folded with the step and the replica).
         margin_warmup_epochs: the ArcFace margin grows linearly from 0 to the head's margin over
             this many epochs (0: the paper, full margin from the first step); ArcFace heads only.
@@ -100,7 +121,8 @@ class MeanTeacher(keras_compat.PrebuiltModelMixin, keras.Model):
         pseudo_label_weight: float = 0.05,
         normalization_jitter: float = 0.1,
         views: Mapping[str, ViewFunction] = augment.VIEWS,
-        teacher_statistics: str = "ema",
+        teacher_statistics: str = "batch",
+        labelled_share: float | None = None,
         seed: int = 0,
         margin_warmup_epochs: float = 0.0,
         **kwargs,
@@ -130,6 +152,9 @@ class MeanTeacher(keras_compat.PrebuiltModelMixin, keras.Model):
                 f"teacher_statistics={teacher_statistics!r} is not one of {list(constants.TEACHER_STATISTICS)}"
             )
         self.teacher_statistics = teacher_statistics
+        if labelled_share is not None and not 0 < labelled_share <= 1:
+            raise ValueError(f"labelled_share={labelled_share} must be in (0, 1] or None")
+        self.labelled_share = labelled_share
         self.seed = int(seed)
         self.margin_warmup_epochs = float(margin_warmup_epochs)
         if self.margin_warmup_epochs < 0:
@@ -201,14 +226,17 @@ class MeanTeacher(keras_compat.PrebuiltModelMixin, keras.Model):
         data, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         targets = self._targets(data)
         epoch = self._epoch()
-        views = self._make_views(data)
-        teacher_logits = self._teacher_targets(views["hard"]) if self.has_teacher else None
+        views = self._make_views(data, targets)
+        passes = self._passes(epoch, targets)
+        teacher_logits = None
+        if self.has_teacher:
+            teacher_logits = self._teacher_targets(views["hard"], passes["teacher"], targets)
         with tf.GradientTape() as tape:
-            terms, embedding = self._student_losses(views, targets, teacher_logits, epoch)
+            terms, embedding = self._student_losses(views, targets, teacher_logits, epoch, passes)
             scaled_loss = self.optimizer.scale_loss(terms["loss"])
         self._update_student(tape.gradient(scaled_loss, self.student_variables))
         if self.has_teacher:
-            self._update_teacher(epoch)
+            self._update_teacher(epoch, passes["teacher"])
         return self._update_metrics(terms, targets, embedding)
 
     def _epoch(self):
@@ -225,31 +253,50 @@ class MeanTeacher(keras_compat.PrebuiltModelMixin, keras.Model):
         return tf.unstack(tf.random.experimental.stateless_split(seed, count))
 
     def _targets(self, data):
-        """Labels (-1: unlabelled), pseudo labels (-1: none) and the global counts the losses divide by.
+        """Labels (-1: unlabelled), pseudo labels (-1: none), the labelled rows and global counts.
 
         The counts are summed over replicas, so that each loss is the mean over the global batch
-        (eq. 4's 1/N, eq. 5's expectation) whatever the number of replicas.
+        (eq. 4's 1/N, eq. 5's expectation) whatever the number of replicas. `labelled_index` picks
+        the labelled rows: the static prefix of `labelled_share` (an int; a row with a label after
+        it is an error, not a silently dropped row), else the indices of the rows with a label.
         """
         labels = tf.cast(data["label"], tf.int32)
         pseudo_labels = tf.cast(data.get("pseudo_label", tf.fill(tf.shape(labels), -1)), tf.int32)
         labelled = losses.labelled_mask(labels)
         has_pseudo = tf.cast(pseudo_labels >= 0, tf.float32)
+        rows = labels.shape[0]
+        if self.labelled_share is not None and rows is not None:
+            index = labelled_prefix(rows, self.labelled_share)
+            tf.debugging.assert_negative(
+                labels[index:],
+                message=f"rows with a label after the labelled share's first {index} rows",
+            )
+        else:
+            index = tf.where(labels >= 0)[:, 0]
         return {
             "labels": labels,
             "pseudo_labels": pseudo_labels,
-            "labelled": labelled,
+            "labelled_index": index,
             "labelled_rows": tf.maximum(keras_compat.global_sum(tf.reduce_sum(labelled)), 1.0),
             "pseudo_rows": keras_compat.global_sum(tf.reduce_sum(has_pseudo)),
             "rows": keras_compat.global_sum(tf.cast(tf.shape(labels)[0], tf.float32)),
+            "local_rows": tf.shape(labels)[0],
         }
 
-    def _make_views(self, data):
+    @staticmethod
+    def _labelled(tensor, targets):
+        """The labelled rows of a per-row tensor (see `_targets`)."""
+        index = targets["labelled_index"]
+        return tensor[:index] if isinstance(index, int) else tf.gather(tensor, index)
+
+    def _make_views(self, data, targets):
         """Normalized images (eqs. 1-3, with the training-time mean/std jitter), then their views.
 
         The paper perturbs the student and the teacher differently (Discussion; augmentation in
         Method, Training details): the teacher sees the hard view, the student the normal view for
-        the margin loss and the easy view for the consistency and pSoftmax losses. Each view has its
-        own seed; a supervised model needs only the normal view.
+        the margin loss (labelled rows only, as in the authors' code) and the easy view for the
+        consistency and pSoftmax losses (every row). Each view (own seed) is drawn by a function
+        called in the pass that uses it.
         """
         seeds = dict(
             zip(("normalization", "normal", "easy", "hard"), self._step_seeds(4), strict=True)
@@ -261,30 +308,62 @@ class MeanTeacher(keras_compat.PrebuiltModelMixin, keras.Model):
             jitter=self.normalization_jitter,
             seed=seeds["normalization"],
         )
-        names = ("normal", "easy", "hard") if self.has_teacher else ("normal",)
-        return {name: self.views[name](images, seeds[name]) for name in names}
+        labelled_images = self._labelled(images, targets)
+        return {
+            "normal": lambda: self.views["normal"](labelled_images, seeds["normal"]),
+            "easy": lambda: self.views["easy"](images, seeds["easy"]),
+            "hard": lambda: self.views["hard"](images, seeds["hard"]),
+        }
 
-    def _teacher_targets(self, hard_view):
+    def _passes(self, epoch, targets):
+        """The consistency weight w_c(epoch) (eq. 5) and whether the teacher and easy passes run.
+
+        Teacher: while w_c > 0; the student's easy view: while w_c > 0 or the batch has pseudo
+        labels (global conditions, equal on every replica). Where a `tf.cond` branch cannot hold
+        synchronized batch norm (`keras_compat.cond_may_all_reduce`: MirroredStrategy outside XLA
+        on GPUs) both run every step (Python True): same losses, more moving-statistics updates.
+        """
+        if not self.has_teacher:
+            return {"weight": tf.constant(0.0), "teacher": False, "easy": False}
+        weight = schedules.consistency_weight(
+            epoch, self.consistency_weight, self.rampup_epochs, self.consistency_start_epoch
+        )
+        if not keras_compat.cond_may_all_reduce():
+            return {"weight": weight, "teacher": True, "easy": True}
+        teacher = weight > 0
+        return {
+            "weight": weight,
+            "teacher": teacher,
+            "easy": tf.logical_or(teacher, targets["pseudo_rows"] > 0),
+        }
+
+    def _teacher_targets(self, hard_view, run, targets):
         """The teacher's no-margin logits on the hard view: the consistency target f(x, θ') of eq. 5.
 
         Computed outside the tape, so that none of the teacher's activations are kept for the
-        backward pass, and without gradient. "ema": the teacher's batch-norm statistics are the EMA
-        of the student's, so it runs in inference mode, exactly as it is evaluated; "batch": it
-        normalises with the hard view's batch statistics and keeps its own moving averages
-        (Tarvainen & Valpola 2017).
+        backward pass, and without gradient; zeros, without a pass, where `run` is false.
+        "batch": the teacher normalises the hard view with its batch statistics and updates its own
+        moving averages (Tarvainen & Valpola 2017; the authors' code); "ema": its batch-norm
+        statistics are the EMA of the student's, so it runs in inference mode, as it is evaluated.
         """
         training = self.teacher_statistics == "batch"
-        logits = self.teacher_head(
-            self.teacher_backbone(hard_view, training=training), training=training
-        )
-        return tf.stop_gradient(logits)
+
+        def logits():
+            embedding = self.teacher_backbone(hard_view(), training=training)
+            return tf.cast(self.teacher_head(embedding, training=training), tf.float32)
+
+        def skipped():
+            return tf.zeros([targets["local_rows"], self.teacher_head.num_classes], tf.float32)
+
+        return tf.stop_gradient(_run_if(run, logits, skipped))
 
     def _classification_loss(self, embedding, targets, epoch):
         """ArcFace margin cross-entropy (eq. 4) of the labelled rows, over the global labelled count.
 
-        With `margin_warmup_epochs` > 0 the margin m grows linearly from 0 (not in the paper).
+        `embedding` holds the labelled rows only. With `margin_warmup_epochs` > 0 the margin m grows
+        linearly from 0 (not in the paper).
         """
-        labels = targets["labels"]
+        labels = self._labelled(targets["labels"], targets)
         if self.margin_warmup_epochs > 0:
             margin = self.student_head.margin * schedules.linear_rampup(
                 epoch, self.margin_warmup_epochs
@@ -297,44 +376,41 @@ class MeanTeacher(keras_compat.PrebuiltModelMixin, keras.Model):
             / targets["labelled_rows"]
         )
 
-    def _student_losses(self, views, targets, teacher_logits, epoch):
-        """Every loss term of the step by name, and the student's embedding of the normal view.
+    def _student_losses(self, views, targets, teacher_logits, epoch, passes):
+        """Every loss term of the step by name, and the student's embedding of the labelled rows.
 
         `loss` = (1 - w_p) * classification + w_p * pseudo_label + w_c(epoch) * consistency, with
-        classification the ArcFace loss (eq. 4) on the normal view; consistency the MSE between the
-        student's and the teacher's softmax (eq. 5) on the easy view, every row; pseudo_label the
-        pSoftmax cross-entropy (Method, Pseudo label softmax loss) on the easy view's rows that
-        carry a pseudo label, w_p = `pseudo_label_weight` when there are any, else 0. Without a
-        teacher, `loss` is the classification loss alone (Models 1 and 2) and the others are 0.
+        classification the ArcFace loss (eq. 4) on the normal view of the labelled rows;
+        consistency the MSE between the student's and the teacher's softmax (eq. 5) on the easy
+        view, every row; pseudo_label the pSoftmax cross-entropy (Method, Pseudo label softmax
+        loss) on the easy view's rows that carry a pseudo label, w_p = `pseudo_label_weight` when
+        there are any, else 0. A term whose pass is skipped (`_passes`) is 0. Without a teacher,
+        `loss` is the classification loss alone (Models 1 and 2) and the others are 0.
         """
-        embedding = self.student_backbone(views["normal"], training=True)
+        embedding = self.student_backbone(views["normal"](), training=True)
         classification = self._classification_loss(embedding, targets, epoch)
+        zero = tf.constant(0.0)
         if not self.has_teacher:
-            zero = tf.constant(0.0)
-            terms = {
-                "consistency_loss": zero,
-                "pseudo_label_loss": zero,
-                "consistency_weight": zero,
-            }
-            return {
-                "loss": classification,
-                "classification_loss": classification,
-                **terms,
-            }, embedding
+            terms = dict(consistency_loss=zero, pseudo_label_loss=zero, consistency_weight=zero)
+            return dict(loss=classification, classification_loss=classification, **terms), embedding
 
-        easy_logits = self.student_head(
-            self.student_backbone(views["easy"], training=True), training=True
-        )
-        consistency = (
-            tf.reduce_sum(losses.consistency_loss(easy_logits, teacher_logits)) / targets["rows"]
-        )
-        weight = schedules.consistency_weight(
-            epoch, self.consistency_weight, self.rampup_epochs, self.consistency_start_epoch
-        )
         pseudo_rows = targets["pseudo_rows"]
-        pseudo = tf.reduce_sum(
-            losses.pseudo_label_loss(targets["pseudo_labels"], easy_logits)
-        ) / tf.maximum(pseudo_rows, 1.0)
+
+        def easy_terms():
+            easy_logits = self.student_head(
+                self.student_backbone(views["easy"](), training=True), training=True
+            )
+            consistency = (
+                tf.reduce_sum(losses.consistency_loss(easy_logits, teacher_logits))
+                / targets["rows"]
+            )
+            pseudo = tf.reduce_sum(
+                losses.pseudo_label_loss(targets["pseudo_labels"], easy_logits)
+            ) / tf.maximum(pseudo_rows, 1.0)
+            return tf.where(passes["teacher"], consistency, zero), pseudo
+
+        consistency, pseudo = _run_if(passes["easy"], easy_terms, lambda: (zero, zero))
+        weight = passes["weight"]
         pseudo_weight = tf.where(pseudo_rows > 0, self.pseudo_label_weight, 0.0)
         total = (
             (1.0 - pseudo_weight) * classification + pseudo_weight * pseudo + weight * consistency
@@ -354,13 +430,16 @@ class MeanTeacher(keras_compat.PrebuiltModelMixin, keras.Model):
         """
         self.optimizer.apply(gradients, self.student_variables)
 
-    def _update_teacher(self, epoch):
+    def _update_teacher(self, epoch, teacher_ran):
         """θ' <- d θ' + (1 - d) θ: the teacher as the EMA of the student (Tarvainen & Valpola 2017).
 
         d = min(1 - 1/(step + 1), d(epoch)) with d(epoch) from `ema_decays` at `ema_epoch_boundaries`
         (authors' code). `optimizer.iterations` has advanced: the first update sees step 1 (decay
         0.5, not 0), as in Tarvainen & Valpola's code; `epoch` is the 0-based epoch of this step.
-        With teacher_statistics="ema" the batch-norm moving statistics are averaged the same way.
+        Batch-norm moving statistics: "ema" averages them the same way; "batch" leaves them to the
+        teacher's own passes, except in steps where it ran none (`teacher_ran` false: consistency
+        weight 0), where they follow the student's by the same EMA, so that the teacher evaluated
+        during the labelled-only epochs is not normalised by statistics frozen at its start.
         """
         decay = schedules.ema_decay(
             self.optimizer.iterations,
@@ -369,29 +448,30 @@ class MeanTeacher(keras_compat.PrebuiltModelMixin, keras.Model):
             decays=self.ema_decays[:-1],
             final_decay=self.ema_decays[-1],
         )
-        ema_update(self.teacher_variables, self.student_variables, tf.cast(decay, tf.float32))
-        if self.teacher_statistics == "ema":
-            ema_update(
-                self.teacher_backbone.non_trainable_weights,
-                self.student_backbone.non_trainable_weights,
-                tf.cast(decay, tf.float32),
-            )
+        decay = tf.cast(decay, tf.float32)
+        ema_update(self.teacher_variables, self.student_variables, decay)
+        if self.teacher_statistics == "ema" or teacher_ran is not True:
+            if self.teacher_statistics == "batch":
+                decay = tf.where(teacher_ran, 1.0, decay)  # 1 keeps the teacher's own, exactly
+            teacher, student = self.teacher_backbone, self.student_backbone
+            ema_update(teacher.non_trainable_weights, student.non_trainable_weights, decay)
 
     def _update_metrics(self, terms, targets, embedding):
         """Feeds the loss terms and the student's no-margin accuracy to the trackers; returns the logs.
 
         Keras averages the replicas' logs, while each replica's loss term holds its share of the
         global-batch loss: each is scaled by the number of replicas so that the mean is the sum.
-        The consistency weight is the same on every replica and is logged as it is.
+        The consistency weight is the same on every replica and is logged as it is. The accuracy
+        is the student's on the normal view of the labelled rows (`embedding`).
         """
         replicas = float(keras_compat.num_replicas())
         shares = {**terms, "consistency_weight": terms["consistency_weight"] / replicas}
         for name, value in shares.items():
             self.loss_trackers[name].update_state(value * replicas)
         no_margin = self.student_head(embedding, training=False)
-        labels = targets["labels"]
+        labels = self._labelled(targets["labels"], targets)
         self.student_accuracy.update_state(
-            tf.maximum(labels, 0), no_margin, sample_weight=targets["labelled"]
+            tf.maximum(labels, 0), no_margin, sample_weight=losses.labelled_mask(labels)
         )
         return keras_compat.step_logs(
             {
@@ -410,15 +490,11 @@ class MeanTeacher(keras_compat.PrebuiltModelMixin, keras.Model):
         self.student_accuracy.update_state(
             tf.maximum(labels, 0), student_logits, sample_weight=labelled
         )
+        logs = {"student_accuracy": self.student_accuracy.result()}
         if self.has_teacher:
             teacher_logits = self.teacher_head(self.teacher_backbone(images, training=False))
             self.teacher_accuracy.update_state(
                 tf.maximum(labels, 0), teacher_logits, sample_weight=labelled
             )
-            return keras_compat.step_logs(
-                {
-                    "student_accuracy": self.student_accuracy.result(),
-                    "teacher_accuracy": self.teacher_accuracy.result(),
-                }
-            )
-        return keras_compat.step_logs({"student_accuracy": self.student_accuracy.result()})
+            logs["teacher_accuracy"] = self.teacher_accuracy.result()
+        return keras_compat.step_logs(logs)

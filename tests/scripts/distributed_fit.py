@@ -102,6 +102,7 @@ def main():
             normalization_jitter=0.0,
             views=plain_views,  # unaugmented: 1 and 4 replicas see the same inputs, so their trajectories agree
             rampup_epochs=1.0,
+            labelled_share=0.5,  # the layout of data.interleave_per_replica: a static prefix
         )
         model.copy_student_to_teacher()
         # The default optimizer's kind (Adam with L2), its term made large enough to matter here.
