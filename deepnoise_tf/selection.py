@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from deepnoise_tf import evaluation, inference, postprocess
+from deepnoise_tf import evaluation, inference
 
 
 def monitored_metric(config) -> str:
@@ -33,10 +33,11 @@ def treatment_well_accuracy(wells, logits) -> float:
     `wells` and `logits` as `inference.predict_wells` returns them (one row per well). NaN when no
     treatment well has a known label.
     """
-    table, treatment_logits = evaluation.treatment_wells(wells, logits)
-    predictions = np.argmax(postprocess.sirna_log_probs(treatment_logits), axis=1)
+    table = evaluation.well_predictions(wells, logits, method="none")
     overall = evaluation.accuracy_table(
-        table["label"].to_numpy(), predictions, np.zeros(len(table), dtype=np.int64)
+        table["label"].to_numpy(),
+        table["raw_prediction"].to_numpy(),
+        np.zeros(len(table), dtype=np.int64),
     ).iloc[-1]
     return float(overall["accuracy"])
 
