@@ -140,6 +140,8 @@ def tf_pipeline(data_dir: str, builder: str, batch: int, host_work: str, image_s
     config.data.image_size = image_size
     config.train.batch_size = batch
     config.mean_teacher.enabled = False
+    # The train split alone: the prototype below does not mix in the test plates' control wells.
+    config.data.test_controls = False
     config = config_lib.validate(config)
     train_benchmark.scale_shuffle_buffer(config)
     if host_work == "records":  # every site, as TFDS decodes it: no site choice, no shuffle

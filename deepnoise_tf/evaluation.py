@@ -84,6 +84,11 @@ def align_wells(reference: pd.DataFrame, wells: pd.DataFrame, values: np.ndarray
     return np.asarray(values)[position.loc[reference["id_code"]].to_numpy()]
 
 
+def sirna_logits(treatment_logits: np.ndarray) -> np.ndarray:
+    """The siRNA columns of treatment-well logits (control columns dropped, not renormalised)."""
+    return np.asarray(treatment_logits, dtype=np.float64)[:, : constants.NUM_SIRNAS]
+
+
 def well_predictions(
     wells: pd.DataFrame, logits: np.ndarray, *, method: str = "assign", plate_design=None
 ) -> pd.DataFrame:
@@ -98,10 +103,10 @@ def well_predictions(
     if method not in postprocess.METHODS:
         raise ValueError(f"method must be one of {postprocess.METHODS}, got {method!r}")
     table, treatment_logits = treatment_wells(wells, logits)
-    sirna_logits = np.asarray(treatment_logits, dtype=np.float64)[:, : constants.NUM_SIRNAS]
-    table["raw_prediction"] = np.argmax(sirna_logits, axis=1)
+    treatment_sirna_logits = sirna_logits(treatment_logits)
+    table["raw_prediction"] = np.argmax(treatment_sirna_logits, axis=1)
     table["prediction"] = postprocess.postprocess_predictions(
-        table, sirna_logits, method=method, plate_design=plate_design
+        table, treatment_sirna_logits, method=method, plate_design=plate_design
     )
     return table
 

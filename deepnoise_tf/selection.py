@@ -33,11 +33,10 @@ def treatment_well_accuracy(wells, logits) -> float:
     `wells` and `logits` as `inference.predict_wells` returns them (one row per well). NaN when no
     treatment well has a known label.
     """
-    table = evaluation.well_predictions(wells, logits, method="none")
+    table, treatment_logits = evaluation.treatment_wells(wells, logits)
+    predictions = np.argmax(evaluation.sirna_logits(treatment_logits), axis=1)
     overall = evaluation.accuracy_table(
-        table["label"].to_numpy(),
-        table["raw_prediction"].to_numpy(),
-        np.zeros(len(table), dtype=np.int64),
+        table["label"].to_numpy(), predictions, np.zeros(len(table), dtype=np.int64)
     ).iloc[-1]
     return float(overall["accuracy"])
 
