@@ -155,3 +155,34 @@ def serve_in_fresh_process(model_dir, inputs: dict, tmp_path: pathlib.Path) -> d
     assert completed.returncode == 0, completed.stderr[-3000:]
     with np.load(tmp_path / "out.npz") as served:
         return {name: served[name] for name in served.files}
+
+
+def stand_in_backbone(backbone, input_shape, *, name=None, **unused):
+    """Images -> embedding in two convolutions (wider for Xception-Wide, so members differ): for
+    tests whose subject is not the backbone, where Xception's graph would cost minutes to trace."""
+    import keras  # here, so that conftest itself does not load Keras
+
+    del unused
+    filters = 16 if backbone == "xception_wide" else 8
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(filters, 3, strides=2, padding="same")(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.Activation("relu")(x)
+    x = keras.layers.Conv2D(2 * filters, 3, strides=2, padding="same")(x)
+    x = keras.layers.BatchNormalization()(x)
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x), name=name)
+
+
+def perturbed(weights, rng):
+    """Trained-looking weights: trainable ones shifted, moving variances scaled (kept positive).
+    Assigns them and returns the new values."""
+    result = []
+    for variable in weights:
+        value = variable.numpy()
+        if "moving_variance" in variable.path:
+            value = value * rng.uniform(0.5, 2.0, value.shape)
+        else:
+            value = value + rng.normal(0.0, 0.05, value.shape)
+        variable.assign(value.astype(np.float32))
+        result.append(value.astype(np.float32))
+    return result

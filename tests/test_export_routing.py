@@ -6,10 +6,10 @@ weights, no training: every group of members differs, so a wrong route shows. Th
 and averages their logits in numpy, independently of the partitioning inside the export.
 """
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import perturbed, stand_in_backbone
 
 from deepnoise_tf import config as config_lib
 from deepnoise_tf import constants, export, factory, inference, models
@@ -21,20 +21,6 @@ ROUTED = ("HEPG2", "HUVEC")
 CELL_TYPES = ["HUVEC", "RPE", "HEPG2", "HUVEC", "", "U2OS", "HEPG2", "RPE", "HUVEC"]
 
 
-def stand_in_backbone(backbone, input_shape, *, name=None, **unused):
-    """Images -> embedding in two convolutions (as tests/test_pipeline.py's): Xception's graph
-    would cost minutes to trace for seven networks, and routing does not depend on it."""
-    del unused
-    filters = 16 if backbone == "xception_wide" else 8
-    inputs = keras.Input(input_shape)
-    x = keras.layers.Conv2D(filters, 3, strides=2, padding="same")(inputs)
-    x = keras.layers.BatchNormalization()(x)
-    x = keras.layers.Activation("relu")(x)
-    x = keras.layers.Conv2D(2 * filters, 3, strides=2, padding="same")(x)
-    x = keras.layers.BatchNormalization()(x)
-    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x), name=name)
-
-
 def networks(seed: int) -> list:
     """One (backbone, head) per member, weights shifted at random so every build differs."""
     config = config_lib.cpu_scale(config_lib.default_config())
@@ -44,13 +30,7 @@ def networks(seed: int) -> list:
     for backbone in MEMBERS:
         config.model.backbone = backbone
         built = factory.build_network(config.model, IMAGE_SIZE, f"{backbone}_{seed}")
-        for variable in built["backbone"].weights + built["head"].weights:
-            value = variable.numpy()
-            if "moving_variance" in variable.path:
-                value = value * rng.uniform(0.5, 2.0, value.shape)
-            else:
-                value = value + rng.normal(0.0, 0.05, value.shape)
-            variable.assign(value.astype(np.float32))
+        perturbed(built["backbone"].weights + built["head"].weights, rng)
         pairs.append((built["backbone"], built["head"]))
     return pairs
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from conftest import TINY_IMAGE_SIZE
+from conftest import TINY_IMAGE_SIZE, perturbed
 from conftest import tiny_config as shared_tiny_config
 
 from deepnoise_tf import config as config_lib
@@ -48,20 +48,6 @@ def tiny_config(data_dir, builder):
             "finetune.final_learning_rate": 1e-3,
         },
     )
-
-
-def perturbed(weights, rng):
-    """Trained-looking weights: trainable ones shifted, moving variances scaled (kept positive)."""
-    result = []
-    for variable in weights:
-        value = variable.numpy()
-        if "moving_variance" in variable.path:
-            value = value * rng.uniform(0.5, 2.0, value.shape)
-        else:
-            value = value + rng.normal(0.0, 0.05, value.shape)
-        variable.assign(value.astype(np.float32))
-        result.append(value.astype(np.float32))
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ import json
 import os
 import shutil
 
-import keras
 import numpy as np
 import pandas as pd
 import pytest
 import tensorflow_datasets as tfds
+from conftest import stand_in_backbone
 
 import tfds_rxrx1  # noqa: F401  (registers the builder)
 from deepnoise_tf import (
@@ -42,19 +42,6 @@ VAL_EXPERIMENTS = ("HEPG2-02", "HUVEC-02")
 ROUNDS = 2
 FINETUNE_CELL_TYPES = ("HEPG2",)
 MEMBERS = ("xception", "xception_wide")
-
-
-def stand_in_backbone(backbone, input_shape, *, name=None, **unused):
-    """Images -> embedding in two convolutions (wider for Xception-Wide, so the members differ)."""
-    del unused
-    filters = 16 if backbone == "xception_wide" else 8
-    inputs = keras.Input(input_shape)
-    x = keras.layers.Conv2D(filters, 3, strides=2, padding="same")(inputs)
-    x = keras.layers.BatchNormalization()(x)
-    x = keras.layers.Activation("relu")(x)
-    x = keras.layers.Conv2D(2 * filters, 3, strides=2, padding="same")(x)
-    x = keras.layers.BatchNormalization()(x)
-    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x), name=name)
 
 
 def build_data(root, layout):
