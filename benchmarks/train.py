@@ -140,7 +140,7 @@ def time_step(config, batch: dict, steps: int, warmup: int, jit_compile: bool):
 
 
 def run_setting(arguments, size: int, width: float, batch_size: int, mode: str) -> dict:
-    from deepnoise_tf import synthetic
+    from deepnoise_tf import precision, synthetic
 
     preset = PRESET_BY_SIZE[size]
     data_dir = str(Path(arguments.data_root) / preset)
@@ -153,6 +153,7 @@ def run_setting(arguments, size: int, width: float, batch_size: int, mode: str) 
         with config.unlocked():
             config.mean_teacher.labelled_share = 1.0  # labelled stream only
     config.train.mixed_precision = arguments.mixed_precision
+    resolved_precision = precision.resolve_for_devices(config.train).mixed_precision
     pipeline_rate, batch = time_pipeline(config, arguments.pipeline_batches, arguments.warmup)
     if teacher and not mixed_pipeline:
         batch = as_mixed_batch(batch, share)
@@ -166,7 +167,7 @@ def run_setting(arguments, size: int, width: float, batch_size: int, mode: str) 
         "size": size,
         "width": width,
         "batch": batch_size,
-        "precision": arguments.mixed_precision or "float32",
+        "precision": resolved_precision or "float32",
         "jit": "on" if arguments.jit_compile else "off",
         "params_m": parameters,
         "step_images_per_s": step_rate,
@@ -253,7 +254,9 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=2, help="timed steps")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls (the first traces)")
     parser.add_argument("--pipeline_batches", type=int, default=20)
-    parser.add_argument("--mixed_precision", default="", help="'' | mixed_bfloat16 | mixed_float16")
+    parser.add_argument(
+        "--mixed_precision", default="", help="'' | mixed_bfloat16 | mixed_float16 | auto"
+    )
     parser.add_argument("--jit_compile", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--intra_op_threads", type=int, default=os.cpu_count())
     parser.add_argument("--inter_op_threads", type=int, default=1)

@@ -31,7 +31,8 @@ STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 PSEUDO_LABEL_SOURCES = ("ensemble", "own_teacher")
 # pretraining: Adam with L2 (the paper) or decoupled AdamW | per-cell-type fine-tuning
 OPTIMIZERS = ("adam_l2", "adamw", "sgd_cosine")
-MIXED_PRECISIONS = ("", "mixed_float16", "mixed_bfloat16")
+MIXED_PRECISIONS = ("auto", "", "mixed_float16", "mixed_bfloat16")
+JIT_COMPILES = ("auto", True, False)
 FINETUNE_LEARNING_RATES = ("learning_rate", "min_learning_rate", "final_learning_rate")
 
 
@@ -131,8 +132,11 @@ def default_config() -> ml_collections.ConfigDict:
     config.train.weight_decay = 2e-4  # the L2 coefficient of adam_l2, the decay of adamw
     config.train.strategy = "auto"  # auto | default | mirrored | multi_worker
     config.train.cpu_devices = 0  # >1 splits the CPU into logical devices (testing distribution)
-    config.train.mixed_precision = ""  # "" | mixed_float16 | mixed_bfloat16
-    config.train.jit_compile = False
+    # auto | "" (float32) | mixed_float16 | mixed_bfloat16; "auto" picks from the GPUs in sight and
+    # jit_compile "auto" turns XLA on with a GPU (deepnoise_tf/precision.py). jit_compile holds
+    # "auto" or a bool, hence a reference of any type.
+    config.train.mixed_precision = "auto"
+    config.train.jit_compile = ml_collections.FieldReference("auto", field_type=object)
     config.train.seed = 0
     config.train.eval_every_epochs = 1
     config.train.export = True
@@ -157,6 +161,10 @@ def cpu_scale(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.train.batch_size = 32
     config.train.learning_rates = (3e-3, 1e-3, 1e-4)
     config.train.lr_epoch_boundaries = (24, 29)
+    # float32 without XLA even where a GPU is in sight: XLA is 5-15x slower on CPU (BENCHMARKS.md),
+    # and CPU-scale numbers stay comparable across machines.
+    config.train.mixed_precision = ""
+    config.train.jit_compile = False
     config.mean_teacher.labelled_share = 0.75
     # The synthetic siRNA intensity effect (10%) is as large as the paper's +-10% jitter of the
     # normalization statistics, which would erase it; real phenotypes are not only intensities.
@@ -281,6 +289,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for field, value, valid in checks:
         if value not in valid:
             raise ValueError(f"config.{field}={value!r} is not one of {list(valid)}")
+    jit_compile = config.train.jit_compile
+    if not (jit_compile == "auto" or isinstance(jit_compile, bool)):
+        raise ValueError(
+            f"config.train.jit_compile={jit_compile!r} is not one of {list(JIT_COMPILES)}"
+        )
     for cell_type in config.data.cell_types:
         if cell_type not in constants.CELL_TYPES:
             raise ValueError(
@@ -431,7 +444,10 @@ def _set_field(
     elif isinstance(current, float) and isinstance(value, int):
         value = float(value)
     elif isinstance(current, str) and not isinstance(value, str) and text is not None:
-        value = text
+        # a string field takes the text as typed; a field of any type (train.jit_compile) does not
+        field = dict(node.items(preserve_field_references=True))[leaf]
+        if not isinstance(field, ml_collections.FieldReference) or field.get_type() is not object:
+            value = text
     try:
         node[leaf] = value
     except TypeError as error:

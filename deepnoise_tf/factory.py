@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 
 from deepnoise_tf import config as config_lib
-from deepnoise_tf import constants, layers, models, optimizers, schedules
+from deepnoise_tf import constants, layers, models, optimizers, precision, schedules
 from deepnoise_tf.mean_teacher import MeanTeacher
 
 
@@ -148,9 +148,15 @@ def build_optimizer(config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
 
 
 def build_model(config, steps_per_epoch: int) -> MeanTeacher:
-    """The training wrapper for `config` (call inside the strategy's scope); teacher starts = student."""
-    if config.train.mixed_precision:
-        keras.mixed_precision.set_dtype_policy(config.train.mixed_precision)
+    """The training wrapper for `config` (call inside the strategy's scope); teacher starts = student.
+
+    "auto" precision and XLA resolve here from the visible GPUs (`precision.resolve`); one line says
+    what ran and why.
+    """
+    resolution = precision.resolve_for_devices(config.train)
+    print(f"[deepnoise] {resolution.reason}", flush=True)
+    if resolution.mixed_precision:
+        keras.mixed_precision.set_dtype_policy(resolution.mixed_precision)
     keras.utils.set_random_seed(config.train.seed)
     student = build_network(config.model, config.data.image_size, "student")
     teacher = (
@@ -185,7 +191,7 @@ def build_model(config, steps_per_epoch: int) -> MeanTeacher:
         model.copy_student_to_teacher()
     model.compile(
         optimizer=build_optimizer(config, steps_per_epoch),
-        jit_compile=config.train.jit_compile,
+        jit_compile=resolution.jit_compile,
     )
     return model
 
