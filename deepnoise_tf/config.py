@@ -55,92 +55,103 @@ def _finetune_defaults() -> ml_collections.ConfigDict:
     return finetune
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """The paper's full-scale Model 3 (ArcFace + mean teacher, Xception, plate normalization)."""
-    config = ml_collections.ConfigDict()
-
-    config.data = ml_collections.ConfigDict()
-    config.data.data_dir = ""  # TFDS data dir; "" = TFDS's default (~/tensorflow_datasets)
-    config.data.builder = "rxrx1"  # TFDS name[/config], e.g. "rxrx1/256"
-    config.data.image_size = (
-        constants.IMAGE_SIZE
-    )  # images are resized on the host if stored otherwise
-    config.data.normalization = "plate"  # plate | experiment | cell_type | none (paper Fig. 3A)
+def _data_defaults() -> ml_collections.ConfigDict:
+    """`config.data`: the TFDS build, normalization (paper eqs. 1-3), splits and test controls."""
+    data = ml_collections.ConfigDict()
+    data.data_dir = ""  # TFDS data dir; "" = TFDS's default (~/tensorflow_datasets)
+    data.builder = "rxrx1"  # TFDS name[/config], e.g. "rxrx1/256"
+    data.image_size = constants.IMAGE_SIZE  # images are resized on the host if stored otherwise
+    data.normalization = "plate"  # plate | experiment | cell_type | none (paper Fig. 3A)
     # Training only: mean and std each x (1 + U(-j, j)), per channel and sample (the public code;
     # the paper's eqs. 1-3 normalize with the exact statistics).
-    config.data.normalization_jitter = 0.1
+    data.normalization_jitter = 0.1
     # Whole held-out experiments of the train split (the public code validates on held-out
     # experiments); never used as unlabelled data.
-    config.data.val_experiments = ("HEPG2-07", "HUVEC-16", "RPE-07", "U2OS-03")
-    config.data.cell_types = ()  # () = all; e.g. ("U2OS",) for per-cell-type fine-tuning
-    config.data.shuffle_buffer = 2048
+    data.val_experiments = ("HEPG2-07", "HUVEC-16", "RPE-07", "U2OS-03")
+    data.cell_types = ()  # () = all; e.g. ("U2OS",) for per-cell-type fine-tuning
+    data.shuffle_buffer = 2048
     # Test-plate control wells are labelled samples (their labels are public, RxRx1's
     # test_controls.csv; SPEC §1); test treatments stay unlabelled. False: the test split is unlabelled.
-    config.data.test_controls = True
-    config.data.synthetic_preset = (
-        ""  # non-empty: generate this synthetic RxRx1 into data_dir first
-    )
+    data.test_controls = True
+    data.synthetic_preset = ""  # non-empty: generate this synthetic RxRx1 into data_dir first
+    return data
 
-    config.model = ml_collections.ConfigDict()
-    config.model.backbone = "xception"  # xception | xception_wide
-    config.model.width = 1.0  # multiplies every stage's filters (narrow nets for CPU runs)
-    config.model.stem = "7x7"  # the public code's 7x7/2 stem, or Chollet's "3x3"
-    config.model.head = "arcface"  # arcface | softmax (Model 1 baseline)
-    config.model.arcface_scale = 30.0
-    config.model.arcface_margin = 0.1
+
+def _model_defaults() -> ml_collections.ConfigDict:
+    """`config.model`: backbone, stem and head (paper Fig. 2C, eq. 4)."""
+    model = ml_collections.ConfigDict()
+    model.backbone = "xception"  # xception | xception_wide
+    model.width = 1.0  # multiplies every stage's filters (narrow nets for CPU runs)
+    model.stem = "7x7"  # the public code's 7x7/2 stem, or Chollet's "3x3"
+    model.head = "arcface"  # arcface | softmax (Model 1 baseline)
+    model.arcface_scale = 30.0
+    model.arcface_margin = 0.1
     # Epochs over which training ramps the margin linearly from 0 (0 = the paper: full margin from
     # the first step). For ArcFace trained from scratch, where the margin stalls the first epochs.
-    config.model.arcface_margin_warmup_epochs = 0.0
-    config.model.dropout = 0.5  # softmax head only
-    config.model.sync_batch_norm = True  # identical BN statistics on every replica
-    config.model.batch_norm_momentum = 0.99  # Keras's Xception default
-    config.model.imagenet_weights = (
-        ""  # local path to Keras's Xception ImageNet weights, "" = scratch
-    )
-    config.model.num_classes = constants.NUM_CLASSES
+    model.arcface_margin_warmup_epochs = 0.0
+    model.dropout = 0.5  # softmax head only
+    model.sync_batch_norm = True  # identical BN statistics on every replica
+    model.batch_norm_momentum = 0.99  # Keras's Xception default
+    model.imagenet_weights = ""  # local path to Keras's Xception ImageNet weights, "" = scratch
+    model.num_classes = constants.NUM_CLASSES
+    return model
 
-    config.mean_teacher = ml_collections.ConfigDict()
-    config.mean_teacher.enabled = True
-    config.mean_teacher.consistency_weight = 100.0  # of L_Consist, paper eq. 5 (value: public code)
-    config.mean_teacher.rampup_epochs = 5.0
+
+def _mean_teacher_defaults() -> ml_collections.ConfigDict:
+    """`config.mean_teacher`: the mean teacher's losses, schedules and EMA (paper eq. 5)."""
+    mean_teacher = ml_collections.ConfigDict()
+    mean_teacher.enabled = True
+    mean_teacher.consistency_weight = 100.0  # of L_Consist, paper eq. 5 (value: public code)
+    mean_teacher.rampup_epochs = 5.0
     # Paper (Discussion): labelled-only ArcFace training first, then the consistency loss; it gives
     # no length. Our reading: the first quarter of the schedule (40 of 160 epochs, well before the
     # first learning-rate step at 100). 0 = consistency (ramped up) from the first step.
-    config.mean_teacher.consistency_start_epoch = 40.0
-    config.mean_teacher.labelled_share = (
-        0.5  # fixed labelled fraction of every batch (paper: 1/4 or 1/2)
-    )
+    mean_teacher.consistency_start_epoch = 40.0
+    mean_teacher.labelled_share = 0.5  # fixed labelled fraction of every batch (paper: 1/4 or 1/2)
     # Teacher EMA decay (Tarvainen & Valpola 2017) in epoch 1, <=10, <=20, later (public code).
-    config.mean_teacher.ema_decays = (0.5, 0.9, 0.99, 0.999)
-    config.mean_teacher.ema_epoch_boundaries = (1, 10, 20)
-    config.mean_teacher.pseudo_label_weight = 0.05  # labelled loss then x (1 - weight)
-    config.mean_teacher.pseudo_label_source = "ensemble"  # ensemble (paper) | own_teacher (code)
+    mean_teacher.ema_decays = (0.5, 0.9, 0.99, 0.999)
+    mean_teacher.ema_epoch_boundaries = (1, 10, 20)
+    mean_teacher.pseudo_label_weight = 0.05  # labelled loss then x (1 - weight)
+    mean_teacher.pseudo_label_source = "ensemble"  # ensemble (paper) | own_teacher (code)
     # batch (paper's code, Tarvainen & Valpola): batch-norm statistics stay out of the EMA; the teacher
     # normalises its hard view with batch statistics and is evaluated with its own moving averages.
     # ema: the teacher's statistics are the EMA of the student's and it runs in inference mode.
-    config.mean_teacher.teacher_statistics = "batch"
+    mean_teacher.teacher_statistics = "batch"
+    return mean_teacher
 
-    config.train = ml_collections.ConfigDict()
-    config.train.epochs = 160
-    config.train.batch_size = 64  # global batch, split over replicas
-    config.train.steps_per_epoch = 0  # 0 = one pass over the labelled wells
+
+def _train_defaults() -> ml_collections.ConfigDict:
+    """`config.train`: optimizer, schedule, precision and distribution of one training run."""
+    train = ml_collections.ConfigDict()
+    train.epochs = 160
+    train.batch_size = 64  # global batch, split over replicas
+    train.steps_per_epoch = 0  # 0 = one pass over the labelled wells
     # Paper: Adam with L2 2e-4 ("weight decay" as PyTorch's Adam has it: 2e-4 * w added to the
     # gradient); "adamw" = Keras's decoupled decay. Batch-norm and bias parameters are not decayed.
-    config.train.optimizer = "adam_l2"
-    config.train.learning_rates = (3e-4, 1e-4, 1e-5)
-    config.train.lr_epoch_boundaries = (100, 140)
-    config.train.weight_decay = 2e-4  # the L2 coefficient of adam_l2, the decay of adamw
-    config.train.strategy = "auto"  # auto | default | mirrored | multi_worker
-    config.train.cpu_devices = 0  # >1 splits the CPU into logical devices (testing distribution)
+    train.optimizer = "adam_l2"
+    train.learning_rates = (3e-4, 1e-4, 1e-5)
+    train.lr_epoch_boundaries = (100, 140)
+    train.weight_decay = 2e-4  # the L2 coefficient of adam_l2, the decay of adamw
+    train.strategy = "auto"  # auto | default | mirrored | multi_worker
+    train.cpu_devices = 0  # >1 splits the CPU into logical devices (testing distribution)
     # auto | "" (float32) | mixed_float16 | mixed_bfloat16; "auto" picks from the GPUs in sight and
     # jit_compile "auto" turns XLA on with a GPU (deepnoise_tf/precision.py). jit_compile holds
     # "auto" or a bool, hence a reference of any type.
-    config.train.mixed_precision = "auto"
-    config.train.jit_compile = ml_collections.FieldReference("auto", field_type=object)
-    config.train.seed = 0
-    config.train.eval_every_epochs = 1
-    config.train.export = True
+    train.mixed_precision = "auto"
+    train.jit_compile = ml_collections.FieldReference("auto", field_type=object)
+    train.seed = 0
+    train.eval_every_epochs = 1
+    train.export = True
+    return train
 
+
+def default_config() -> ml_collections.ConfigDict:
+    """The paper's full-scale Model 3 (ArcFace + mean teacher, Xception, plate normalization)."""
+    config = ml_collections.ConfigDict()
+    config.data = _data_defaults()
+    config.model = _model_defaults()
+    config.mean_teacher = _mean_teacher_defaults()
+    config.train = _train_defaults()
     config.finetune = _finetune_defaults()
     return config
 
