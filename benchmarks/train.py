@@ -68,6 +68,8 @@ def benchmark_config(data_dir: str, builder: str, size: int, width: float, batch
     config.mean_teacher.enabled = mode != "plain"
     if mode == "labelled_only":  # every timed step lies before the consistency loss starts
         config.mean_teacher.consistency_start_epoch = float(config.train.epochs)
+    elif mode == "deepnoise":  # every timed step has the consistency loss (the paper's phase 2)
+        config.mean_teacher.consistency_start_epoch = 0.0
     config = config_lib.validate(config)
     scale_shuffle_buffer(config)
     return config
