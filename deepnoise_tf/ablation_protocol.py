@@ -219,7 +219,12 @@ def run_protocol(
                        ("orderings", ORDERINGS_FILE)):  # fmt: skip
         workdir_lib.write_csv(results[name], root / file)
     written = protocol_report.write_report(
-        root, results["summary"], results["orderings"], seeds=seeds, split=REPORT_SPLIT
+        root,
+        results["summary"],
+        results["orderings"],
+        seeds=seeds,
+        split=REPORT_SPLIT,
+        samples=samples,
     )
     _log(f"wrote {root / TABLE_FILE}, {root / SUMMARY_FILE}, {root / ORDERINGS_FILE}, "
          f"{len(written)} report files in {(time.perf_counter() - run.start) / 60:.1f} min")  # fmt: skip

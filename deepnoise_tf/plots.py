@@ -160,18 +160,21 @@ def plot_interval_figure(summary: pd.DataFrame, steps, labels, path, title: str)
     low, high = 100 * rows["low"].to_numpy(dtype=float), 100 * rows["high"].to_numpy(dtype=float)
     figure, axis = pyplot.subplots(figsize=(1.3 * len(steps) + 2.5, 4.2))
     positions = np.arange(len(steps))
-    bars = axis.bar(positions, np.nan_to_num(mean), 0.6, color="#3a7dc9", label="mean over seeds")
+    axis.bar(
+        positions, np.nan_to_num(mean), 0.6, color="#3a7dc9", label="mean over seeds", zorder=2
+    )
     axis.errorbar(positions, mean, yerr=[mean - low, high - mean], fmt="none", ecolor="black",
-                  capsize=4, linewidth=1.2, label="95% bootstrap interval")  # fmt: skip
-    axis.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.1f}" for v in mean], fontsize=8,
-                   padding=8)  # fmt: skip
+                  capsize=4, linewidth=1.2, label="95% bootstrap interval", zorder=3)  # fmt: skip
+    for position, value, top in zip(positions, mean, high, strict=True):
+        if not np.isnan(value):  # above the error bar, so the two never overlap
+            axis.text(position, top + 1.5, f"{value:.1f}", ha="center", va="bottom", fontsize=8)
     for name, (color, linestyle) in FLOOR_STYLES.items():
         if name not in indexed.index:
             continue
         floor = 100 * indexed.loc[name, ["mean", "low", "high"]].to_numpy(dtype=float)
-        axis.axhline(floor[0], color=color, linestyle=linestyle, linewidth=1.2,
+        axis.axhline(floor[0], color=color, linestyle=linestyle, linewidth=1.2, zorder=4,
                      label=f"{name.replace('_', ' ')} ({floor[0]:.1f})")  # fmt: skip
-        axis.axhspan(floor[1], floor[2], color=color, alpha=0.12, linewidth=0)
+        axis.axhspan(floor[1], floor[2], color=color, alpha=0.12, linewidth=0, zorder=0)
     axis.set_xticks(positions, labels)
     axis.set_ylabel("treatment-well accuracy (%)")
     axis.set_ylim(0, 125)  # room above the 100 % bars for the legend

@@ -91,16 +91,20 @@ def design_section(design: str, summary: pd.DataFrame, orderings: pd.DataFrame, 
     ])  # fmt: skip
 
 
-VERDICT_NOTE = (
-    "Per-well treatment accuracy on the test split; checkpoints chosen on the validation experiments. "
-    "Mean over training seeds; 95% percentile bootstrap (2000 draws) resampling the wells and the "
-    "seeds. An ordering *holds clearly* when the interval of the paired difference is above 0, "
-    "*holds* when only its mean is (a tie counts for `>=`), and *fails* otherwise."
-)
+def method_note(samples: int) -> str:
+    """How to read the tables (docs/ablation.md, "Protocol")."""
+    return (
+        "Per-well treatment accuracy on the test split; checkpoints chosen on the validation "
+        f"experiments. Mean over training seeds; 95% percentile bootstrap ({samples} draws) "
+        "resampling the wells and the seeds. An ordering *holds clearly* when the interval of the "
+        "paired difference is above 0, *holds* when only its mean is (a tie counts for `>=`), and "
+        "*fails* otherwise."
+    )
 
 
-def report_markdown(summary: pd.DataFrame, orderings: pd.DataFrame, *, seeds, split: str) -> str:
-    sections = [VERDICT_NOTE, ""]
+def report_markdown(summary: pd.DataFrame, orderings: pd.DataFrame, *, seeds, split: str,
+                    samples: int) -> str:  # fmt: skip
+    sections = [method_note(samples), ""]
     for design in summary["design"].unique():
         sections.append(design_section(
             design, summary[summary["design"] == design], orderings[orderings["design"] == design],
@@ -109,12 +113,12 @@ def report_markdown(summary: pd.DataFrame, orderings: pd.DataFrame, *, seeds, sp
     return "\n".join(sections)
 
 
-def write_report(
-    root, summary: pd.DataFrame, orderings: pd.DataFrame, *, seeds, split: str
-) -> list:
+def write_report(root, summary: pd.DataFrame, orderings: pd.DataFrame, *, seeds, split: str,
+                 samples: int) -> list:  # fmt: skip
     """`root/protocol.md` and each design's two figures; returns the paths written."""
     root = pathlib.Path(root)
-    written = [workdir_lib.write_text(root / REPORT_FILE, report_markdown(summary, orderings, seeds=seeds, split=split))]  # fmt: skip
+    text = report_markdown(summary, orderings, seeds=seeds, split=split, samples=samples)
+    written = [workdir_lib.write_text(root / REPORT_FILE, text)]
     for design in summary["design"].unique():
         written += plot_design(root, summary[summary["design"] == design], design, seeds, split)
     return written
