@@ -395,3 +395,23 @@ def test_command_line_errors_name_the_closest_choice(family, capsys):
     error = parse_error(["--protocol", "held_out", "--data_dir", "somewhere"], capsys)
     assert "drop --data_dir" in error
     assert ablation_protocol.PROTOCOLS[0] == "single"
+
+
+def test_the_documented_protocol_commands_parse(monkeypatch):
+    real_family = {
+        "development": tuple(f"family_dev_{index}" for index in range(1, 5)),
+        "held_out": tuple(f"family_heldout_{index}" for index in range(1, 4)),
+    }
+    monkeypatch.setattr(ablation_protocol, "family_designs", real_family.__getitem__)
+    text = (pathlib.Path(__file__).parents[1] / "docs" / "ablation.md").read_text()
+    commands = [
+        line.split()[3:]
+        for line in text.replace("\\\n", " ").splitlines()
+        if line.startswith("python -m deepnoise_tf.ablation --protocol")
+    ]
+    assert len(commands) == 2
+    for argv in commands:
+        arguments, _ = ablation.parse_command_line(argv)
+        assert arguments.protocol == "held_out"
+        assert arguments.designs == real_family["held_out"][:2]
+        assert arguments.seeds == (0, 1, 2)
