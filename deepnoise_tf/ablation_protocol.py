@@ -226,6 +226,9 @@ def run_protocol(
         split=REPORT_SPLIT,
         samples=samples,
     )
+    for row in results["orderings"].itertuples(index=False):
+        _log(f"{row.design}: {row.ordering}: {row.verdict} ({100 * row.mean_difference:+.1f} "
+             f"[{100 * row.low:+.1f}, {100 * row.high:+.1f}] points)")  # fmt: skip
     _log(f"wrote {root / TABLE_FILE}, {root / SUMMARY_FILE}, {root / ORDERINGS_FILE}, "
          f"{len(written)} report files in {(time.perf_counter() - run.start) / 60:.1f} min")  # fmt: skip
     return results
