@@ -276,9 +276,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     Imports `deepnoise_tf.models` (Keras) for the registered backbones and the stems; loading a
     config and applying overrides do not.
     """
-    from deepnoise_tf import models
+    from deepnoise_tf import models, synthetic_design
 
+    presets = ("", *synthetic_design.preset_names())
     checks = [
+        ("data.synthetic_preset", config.data.synthetic_preset, presets),
         ("data.normalization", config.data.normalization, constants.NORMALIZATIONS),
         ("model.backbone", config.model.backbone, models.backbone_names()),
         ("model.head", config.model.head, HEADS),
@@ -299,7 +301,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     ]
     for field, value, valid in checks:
         if value not in valid:
-            raise ValueError(f"config.{field}={value!r} is not one of {list(valid)}")
+            hint = did_you_mean(str(value), [str(name) for name in valid])
+            raise ValueError(f"config.{field}={value!r} is not one of {list(valid)}{hint}")
     jit_compile = config.train.jit_compile
     if not (jit_compile == "auto" or isinstance(jit_compile, bool)):
         raise ValueError(

@@ -40,12 +40,12 @@ RANGES = {
     "cells_per_site": (14.0, 28.0),
     "cell_sigma": (0.035, 0.05),
     # Phenotype: effect sizes of each kind, their mix per siRNA, and how cell-type specific they are.
-    "intensity_effect": (0.03, 0.08),
-    "size_effect": (0.08, 0.25),
+    "intensity_effect": (0.015, 0.045),
+    "size_effect": (0.04, 0.13),
     "elongation_effect": (0.3, 1.0),
-    "count_effect": (0.1, 0.3),
-    "texture_effect": (0.3, 0.9),
-    "localisation_effect": (0.1, 0.4),
+    "count_effect": (0.05, 0.15),
+    "texture_effect": (0.15, 0.45),
+    "localisation_effect": (0.03, 0.12),
     "phenotype_mix_concentration": (0.5, 2.0),
     "cell_type_specificity": (0.1, 0.5),
     # Technical noise: affine channel gains and offsets ...
