@@ -3,6 +3,9 @@
 Technical noise (cell-type look, experiment, plate and well channel gains and offsets) swamps a weaker
 per-siRNA phenotype: a small per-channel intensity change and a mean-neutral morphology (cell size,
 elongation and count; the cell brightness is compensated so the channel mean does not move).
+Off unless set (the seeded family, docs/synthetic_family.md): texture (granules inside the cells),
+localisation (signal moved from one channel's cells to another), cell-type-specific effects, a
+Dirichlet mix of these kinds per siRNA, and the non-affine noise of `synthetic_effects`.
 """
 
 from __future__ import annotations
