@@ -278,9 +278,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """
     from deepnoise_tf import models, synthetic_design
 
-    presets = ("", *synthetic_design.preset_names())
+    preset, presets = config.data.synthetic_preset, synthetic_design.preset_names()
+    if preset and preset not in presets:
+        raise ValueError(f"config.data.synthetic_preset={preset!r} is not one of {list(presets)}"
+                         f"{did_you_mean(preset, presets)}")  # fmt: skip
     checks = [
-        ("data.synthetic_preset", config.data.synthetic_preset, presets),
         ("data.normalization", config.data.normalization, constants.NORMALIZATIONS),
         ("model.backbone", config.model.backbone, models.backbone_names()),
         ("model.head", config.model.head, HEADS),
@@ -301,8 +303,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     ]
     for field, value, valid in checks:
         if value not in valid:
-            hint = did_you_mean(str(value), [str(name) for name in valid])
-            raise ValueError(f"config.{field}={value!r} is not one of {list(valid)}{hint}")
+            raise ValueError(f"config.{field}={value!r} is not one of {list(valid)}")
     jit_compile = config.train.jit_compile
     if not (jit_compile == "auto" or isinstance(jit_compile, bool)):
         raise ValueError(
