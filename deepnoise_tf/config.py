@@ -276,8 +276,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     Imports `deepnoise_tf.models` (Keras) for the registered backbones and the stems; loading a
     config and applying overrides do not.
     """
-    from deepnoise_tf import models
+    from deepnoise_tf import models, synthetic_design
 
+    preset, presets = config.data.synthetic_preset, synthetic_design.preset_names()
+    if preset and preset not in presets:
+        raise ValueError(f"config.data.synthetic_preset={preset!r} is not one of {list(presets)}"
+                         f"{did_you_mean(preset, presets)}")  # fmt: skip
     checks = [
         ("data.normalization", config.data.normalization, constants.NORMALIZATIONS),
         ("model.backbone", config.model.backbone, models.backbone_names()),
