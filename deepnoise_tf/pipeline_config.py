@@ -74,9 +74,11 @@ def member_config(config, backbone: str, round_index: int):
     Round 0 trains `pipeline.train_epochs` (0 = `train.epochs`). Later rounds start from the previous
     round's checkpoint, whose optimizer state (step counter included) comes with it, so the
     schedules continue; they train `pipeline.retrain_epochs` at the constant
-    `pipeline.retrain_learning_rate` (0 = the continued `train` schedule).
+    `pipeline.retrain_learning_rate` (0 = the continued `train` schedule). Every round keeps the
+    shared config's schedule length (`train.schedule_epochs`): its schedules sit at the same
+    epochs whatever the round's own `train.epochs`.
     """
-    from deepnoise_tf import models  # keras, as validate; config_lib.validate imports it anyway
+    from deepnoise_tf import models, schedules  # keras, as validate (which imports them anyway)
 
     pipeline = config.pipeline
     result = copy.deepcopy(config)
@@ -85,13 +87,14 @@ def member_config(config, backbone: str, round_index: int):
         result.model.backbone = backbone
         if backbone not in models.IMAGENET_BACKBONES:
             result.model.imagenet_weights = ""  # Xception-Wide trains from scratch (method.md §4)
+        result.train.schedule_epochs = schedules.run_schedule(config).length
         if round_index == 0:
             result.train.epochs = int(pipeline.train_epochs or config.train.epochs)
         else:
             result.train.epochs = int(pipeline.retrain_epochs or config.train.epochs)
             if pipeline.retrain_learning_rate:
                 result.train.learning_rates = (float(pipeline.retrain_learning_rate),)
-                result.train.lr_epoch_boundaries = ()
+                result.train.lr_boundary_fractions = ()
     return config_lib.validate(result)
 
 
