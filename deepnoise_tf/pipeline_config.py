@@ -6,9 +6,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import pathlib
 
 from deepnoise_tf import config as config_lib
-from deepnoise_tf import constants, postprocess
+from deepnoise_tf import config_renames, constants, postprocess
 from deepnoise_tf import workdir as workdir_lib
 
 CONFIG_FILE = "pipeline_config.json"
@@ -115,6 +116,13 @@ def finetune_settings_key(config) -> str:
 def check_run_config(config, workdir) -> None:
     """Refuses to continue a workdir made with another config (finished stages would be stale);
     records the config otherwise. Only `EXTENDABLE_FIELDS` may change between runs."""
+    stored = pathlib.Path(workdir) / CONFIG_FILE
+    renamed = (
+        config_renames.renamed_fields_in(workdir_lib.read_json(stored)) if stored.is_file() else {}
+    )
+    if renamed:
+        message = config_renames.renamed_field_message(next(iter(renamed)))
+        raise ValueError(f"{stored} was written before a rename ({message}); use a new --workdir")
     drift = workdir_lib.config_drift(workdir, config, name=CONFIG_FILE, allowed=EXTENDABLE_FIELDS)
     if drift:
         raise ValueError(
