@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from deepnoise_tf import config_renames
 
-# Within this of a whole epoch, fraction x length is that whole epoch (binary floats: 0.00625 x 160).
+# Within this of a whole epoch, fraction x length is that whole epoch (binary floats: 1/49 x 49).
 _WHOLE_EPOCH_TOLERANCE = 1e-9
 
 

@@ -142,18 +142,23 @@ def test_schedule_epochs_pins_the_schedules_whatever_train_epochs():
 
 def test_fractions_of_the_length_give_back_the_whole_epochs():
     """The rounding rule, brute force: k / L at length L is exactly epoch k, as an int boundary
-    and as a float ramp, for every k <= L <= 200 (0.00625 x 160 is not 1 in binary floats)."""
+    (every k <= L <= 200) and as a float ramp (every k <= L <= 60), although (k / L) x L is not k
+    in binary floats for some of them (1/49 x 49 = 0.9999999999999999)."""
+    assert (1 / 49) * 49 != 1
     config = config_lib.default_config()
     for length in range(1, 201):
+        with config.unlocked():
+            config.train.epochs = length
+            config.train.lr_boundary_fractions = tuple(k / length for k in range(length + 1))
+        boundaries = schedules.run_schedule(config).lr_boundaries
+        assert boundaries == tuple(range(length + 1))
+        assert all(type(boundary) is int for boundary in boundaries)
+    for length in range(1, 61):
         for k in range(length + 1):
-            fraction = k / length
             with config.unlocked():
                 config.train.epochs = length
-                config.train.lr_boundary_fractions = (fraction,)
-                config.mean_teacher.rampup_fraction = fraction
-            schedule = schedules.run_schedule(config)
-            assert schedule.lr_boundaries == (k,) and schedule.rampup_epochs == float(k)
-            assert type(schedule.lr_boundaries[0]) is int
+                config.mean_teacher.rampup_fraction = k / length
+            assert schedules.run_schedule(config).rampup_epochs == float(k)
 
 
 @pytest.mark.parametrize(
