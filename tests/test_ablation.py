@@ -23,6 +23,7 @@ from deepnoise_tf import (
     constants,
     evaluation,
     scales,
+    schedules,
     synthetic,
 )
 from deepnoise_tf import config as config_lib
@@ -163,13 +164,15 @@ def test_steps_differ_only_where_the_paper_ablation_says():
         assert all(config[section][field] == value for config in configs.values())
     morphology = ablation_steps.step_config(ablation_steps.STEPS[3], scale="cpu_morphology")
     assert differing_fields(morphology, ablation_steps.step_config(ablation_steps.STEPS[3], scale="cpu")) == {
-        "data.synthetic_preset", "train.epochs", "train.learning_rates", "train.lr_epoch_boundaries",
-        "model.arcface_margin_warmup_epochs", "mean_teacher.consistency_start_epoch",
+        "data.synthetic_preset", "train.epochs", "train.learning_rates",
+        "model.arcface_margin_warmup_fraction", "mean_teacher.consistency_start_fraction",
+        "mean_teacher.rampup_fraction", "mean_teacher.ema_boundary_fractions",
     }  # fmt: skip
     assert morphology.data.synthetic_preset == "ablation_morphology"
-    assert max(morphology.train.lr_epoch_boundaries) < morphology.train.epochs == 64
-    assert 0 < morphology.model.arcface_margin_warmup_epochs < morphology.train.epochs
-    assert morphology.mean_teacher.consistency_start_epoch == 32.0  # docs/ablation.md's runs
+    schedule = schedules.run_schedule(morphology)
+    assert max(schedule.lr_boundaries) < morphology.train.epochs == 64
+    assert 0 < schedule.arcface_margin_warmup_epochs < morphology.train.epochs
+    assert schedule.consistency_start_epoch == 32.0  # docs/ablation.md's runs
     cpu_rates = ablation_steps.step_config(
         ablation_steps.STEPS[3], scale="cpu"
     ).train.learning_rates
@@ -179,7 +182,7 @@ def test_steps_differ_only_where_the_paper_ablation_says():
     paper = ablation_steps.step_config(ablation_steps.STEPS[3], scale="paper")
     assert paper.data.image_size == constants.IMAGE_SIZE and paper.train.epochs == 160
     # The paper's labelled-only phase: a quarter of the 160 epochs (docs/fidelity.md).
-    assert paper.mean_teacher.consistency_start_epoch == 40.0
+    assert schedules.run_schedule(paper).consistency_start_epoch == 40.0
 
 
 # ------------------------------------------------------------------------------------------------
