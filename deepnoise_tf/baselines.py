@@ -75,11 +75,18 @@ class SoftmaxRegression:
 
 
 def fit_softmax_regression(
-    features: np.ndarray, labels: np.ndarray, *, l2: float = 1e-3, max_iterations: int = 2000
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    l2: float = 1e-3,
+    max_iterations: int = 2000,
+    warm_start: SoftmaxRegression | None = None,
 ) -> SoftmaxRegression:
     """Fits by L-BFGS (the objective is convex); features are standardized first.
 
     `l2` is fixed, not tuned: tuning it on the validation experiments would let the floor peek.
+    `warm_start`, a fit on the same rows (e.g. at another `l2`), is where L-BFGS starts instead of 0:
+    the optimum is the same, reached in fewer steps along a grid of `l2`.
     """
     features = np.asarray(features, np.float64)
     classes, targets = np.unique(np.asarray(labels), return_inverse=True)
@@ -87,9 +94,12 @@ def fit_softmax_regression(
     feature_scale = np.where(features.std(axis=0) > 0, features.std(axis=0), 1.0)
     standardized = (features - feature_mean) / feature_scale
     dims, num_classes = standardized.shape[1], len(classes)
+    start = np.zeros(dims * num_classes + num_classes)
+    if warm_start is not None:
+        start = np.concatenate([warm_start.weights.ravel(), warm_start.bias])
     result = scipy.optimize.minimize(
         softmax_regression_objective,
-        np.zeros(dims * num_classes + num_classes),
+        start,
         args=(standardized, targets, num_classes, l2),
         jac=True,
         method="L-BFGS-B",

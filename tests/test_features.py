@@ -172,20 +172,31 @@ def test_cross_validation_holds_out_each_training_experiment_once():
     values = rng.normal(size=(len(wells), 2)) + 4.0 * wells["label"].to_numpy()[:, None]
     seen = []
 
-    def recording_fit(fit_features, labels, *, l2):
+    def recording_fit(fit_features, labels, *, l2, warm_start):
         seen.append((l2, {tuple(row) for row in fit_features}))
-        return baselines.fit_softmax_regression(fit_features, labels, l2=l2)
+        return baselines.fit_softmax_regression(fit_features, labels, l2=l2, warm_start=warm_start)
 
     grid = (1e-3, 1e-1)
     chosen = features.leave_one_experiment_out_l2(wells, values, grid=grid, fit=recording_fit)
     assert chosen == max(grid)  # separable: every l2 is perfect, ties go to the larger
     assert len(seen) == 3 * len(grid)
     experiments = wells["experiment"].to_numpy()
-    for index, (_, rows) in enumerate(seen):
+    for index, (l2, rows) in enumerate(seen):
         held_out = sorted(set(experiments))[index // len(grid)]
         assert rows == {tuple(row) for row in values[experiments != held_out]}
+        assert l2 == grid[::-1][index % len(grid)]
     with pytest.raises(ValueError, match="two experiments"):
         features.leave_one_experiment_out_l2(wells.iloc[:12], values[:12])
+
+
+def test_a_warm_start_reaches_the_same_optimum():
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 5, size=120)
+    values = rng.normal(size=(120, 6)) + 0.7 * rng.normal(size=(5, 6))[labels]
+    strong = baselines.fit_softmax_regression(values, labels, l2=1.0)
+    cold = baselines.fit_softmax_regression(values, labels, l2=1e-2)
+    warm = baselines.fit_softmax_regression(values, labels, l2=1e-2, warm_start=strong)
+    np.testing.assert_allclose(warm.logits(values), cold.logits(values), atol=1e-3)
 
 
 def test_feature_baseline_never_fits_or_tunes_on_validation_wells(monkeypatch):
