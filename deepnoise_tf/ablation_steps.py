@@ -15,10 +15,9 @@ import pathlib
 import time
 
 import ml_collections
-import numpy as np
 import pandas as pd
 
-from deepnoise_tf import baselines, data, evaluation, plots, scales
+from deepnoise_tf import baselines, data, evaluation, features, plots, scales
 from deepnoise_tf import config as config_lib
 from deepnoise_tf import workdir as workdir_lib
 from deepnoise_tf.ablation_cache import (
@@ -175,22 +174,12 @@ def run_training_step(
     return action
 
 
-def fit_linear_floor(config, *, report_split: str = "val") -> tuple[pd.DataFrame, np.ndarray]:
-    """`baselines.linear_floor_logits`: 12 intensity moments per well, logistic regression."""
-    if report_split == "val":  # the floor's signature before it took `report_split`
-        return baselines.linear_floor_logits(config)
-    return baselines.linear_floor_logits(config, report_split=report_split)
-
-
-def fit_feature_baseline(config, *, report_split: str = "val") -> tuple[pd.DataFrame, np.ndarray]:
-    """`features.feature_baseline_logits`: CellProfiler-style image features, logistic regression."""
-    from deepnoise_tf import features  # scikit-image: only when this floor is asked for
-
-    return features.feature_baseline_logits(config, report_split=report_split)
-
-
 # Every floor: `fitter(config, report_split=...) -> (wells, logits)` of the wells of that split.
-FLOOR_FITTERS = {"linear_floor": fit_linear_floor, "feature_baseline": fit_feature_baseline}
+# linear_floor: 12 intensity moments per well; feature_baseline: CellProfiler-style image features.
+FLOOR_FITTERS = {
+    "linear_floor": baselines.linear_floor_logits,
+    "feature_baseline": features.feature_baseline_logits,
+}
 
 
 def run_floor_step(
