@@ -127,7 +127,7 @@ def conv_multiply_adds(model) -> int:
     return total
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deepnoise_cost", type=float, required=True, help="DeepNoise/plain step")
     parser.add_argument(
@@ -151,7 +151,63 @@ def main(argv=None):
     parser.add_argument("--tta_views", type=int, default=8)
     parser.add_argument("--gpus", type=int, default=4)
     _report.add_output_arguments(parser)
-    arguments = parser.parse_args(argv)
+    return parser
+
+
+def section(arguments, schedule: dict, rows: list, totals: dict, macs: dict):
+    """(bullets, body) of the BENCHMARKS.md section: the assumptions, the table, the totals."""
+    card, rows_per_epoch = arguments.card, schedule["rows_per_epoch"]
+    mac_ratio = macs["xception_wide"] / macs["xception"]
+    labelled_only = schedule["labelled_only_epochs"]
+    bullets = [
+        f"- schedule per model: {arguments.epochs} epochs ({labelled_only:g} labelled-only at "
+        f"{arguments.labelled_only_cost:g} plain steps per row, {arguments.epochs - labelled_only:g} "
+        f"with consistency at {arguments.deepnoise_cost:g}), then {arguments.pseudo_label_rounds} "
+        f"pseudo-label rounds x {arguments.retrain_epochs} epochs at {arguments.deepnoise_cost:g}; "
+        f"an epoch = {RXRX1_TRAIN_WELLS:,} labelled wells (one site each) at labelled share "
+        f"{arguments.labelled_share:g} = {rows_per_epoch:,.0f} rows; step costs: CPU ratios of "
+        "benchmarks/train.py, taken to carry over to the GPU",
+        f"- per-GPU rates: {card} plain step and forward pass at 512 px, batch 32 "
+        "(benchmarks/model.py); a model without a row on this card runs at Xception's rate over "
+        "the wide/Xception time ratio measured on a card with both (conv multiply-adds would say "
+        f"{mac_ratio:.2f}: {macs['xception_wide'] / 1e9:.1f} vs {macs['xception'] / 1e9:.1f} G per "
+        f"image); validation: {arguments.validation_sites:,} sites per training epoch at the "
+        f"forward rate; round evaluation: validation + {arguments.test_sites:,} test sites x "
+        f"{arguments.tta_views} TTA views after each of {arguments.pseudo_label_rounds + 1} rounds; "
+        f"linear scaling over {arguments.gpus} GPUs; not included: per-cell-type fine-tuning, "
+        "post-processing, checkpoints, start-up and compilation",
+    ]
+    body = _report.table(
+        (
+            "model",
+            "precision",
+            "plain img/s per GPU",
+            "rate source",
+            "labelled-only GPU-h",
+            "consistency GPU-h",
+            "pseudo-label rounds GPU-h",
+            "validation GPU-h",
+            "round evaluation (TTA) GPU-h",
+            "GPU-h",
+            f"wall-clock h on {arguments.gpus} GPUs",
+        ),  # fmt: skip
+        rows,
+    )
+    body += [
+        "",
+        "Both models: "
+        + ", ".join(
+            f"{precision} {hours:.0f} GPU-hours ({hours / arguments.gpus:.1f} h on "
+            f"{arguments.gpus} {card}s)"
+            for precision, hours in totals.items()
+        )
+        + ".",
+    ]
+    return bullets, body
+
+
+def main(argv=None):
+    arguments = build_parser().parse_args(argv)
 
     from deepnoise_tf import models
 
@@ -209,51 +265,7 @@ def main(argv=None):
     for row in rows:
         print("projection " + " ".join(row), flush=True)
     print(summary, flush=True)
-    labelled_only = schedule["labelled_only_epochs"]
-    bullets = [
-        f"- schedule per model: {arguments.epochs} epochs ({labelled_only:g} labelled-only at "
-        f"{arguments.labelled_only_cost:g} plain steps per row, {arguments.epochs - labelled_only:g} "
-        f"with consistency at {arguments.deepnoise_cost:g}), then {arguments.pseudo_label_rounds} "
-        f"pseudo-label rounds x {arguments.retrain_epochs} epochs at {arguments.deepnoise_cost:g}; "
-        f"an epoch = {RXRX1_TRAIN_WELLS:,} labelled wells (one site each) at labelled share "
-        f"{arguments.labelled_share:g} = {rows_per_epoch:,.0f} rows; step costs: CPU ratios of "
-        "benchmarks/train.py, taken to carry over to the GPU",
-        f"- per-GPU rates: {card} plain step and forward pass at 512 px, batch 32 "
-        "(benchmarks/model.py); a model without a row on this card runs at Xception's rate over "
-        "the wide/Xception time ratio measured on a card with both (conv multiply-adds would say "
-        f"{mac_ratio:.2f}: {macs['xception_wide'] / 1e9:.1f} vs {macs['xception'] / 1e9:.1f} G per "
-        f"image); validation: {arguments.validation_sites:,} sites per training epoch at the "
-        f"forward rate; round evaluation: validation + {arguments.test_sites:,} test sites x "
-        f"{arguments.tta_views} TTA views after each of {arguments.pseudo_label_rounds + 1} rounds; "
-        f"linear scaling over {arguments.gpus} GPUs; not included: per-cell-type fine-tuning, "
-        "post-processing, checkpoints, start-up and compilation",
-    ]
-    body = _report.table(
-        (
-            "model",
-            "precision",
-            "plain img/s per GPU",
-            "rate source",
-            "labelled-only GPU-h",
-            "consistency GPU-h",
-            "pseudo-label rounds GPU-h",
-            "validation GPU-h",
-            "round evaluation (TTA) GPU-h",
-            "GPU-h",
-            f"wall-clock h on {arguments.gpus} GPUs",
-        ),  # fmt: skip
-        rows,
-    )
-    body += [
-        "",
-        "Both models: "
-        + ", ".join(
-            f"{precision} {hours:.0f} GPU-hours ({hours / arguments.gpus:.1f} h on "
-            f"{arguments.gpus} {card}s)"
-            for precision, hours in totals.items()
-        )
-        + ".",
-    ]
+    bullets, body = section(arguments, schedule, rows, totals, macs)
     title = (
         f"Projection: the paper's schedule in {card} GPU-hours, benchmarks/projection.py "
         f"({_report.timestamp()})"
