@@ -7,7 +7,7 @@ For each setting (image size, width multiplier, batch) and each mode:
   (`mean_teacher.labelled_share` 0.5).
 - `plain`: the same wrapper with `mean_teacher.enabled=False`: one view, the student only.
 - `labelled_only`: the `deepnoise` model and batch in the labelled-only epochs that the paper starts
-  with (before `mean_teacher.consistency_start_epoch`, no pseudo labels): consistency weight 0, so
+  with (before `mean_teacher.consistency_start_fraction`, no pseudo labels): consistency weight 0, so
   only the normal view of the labelled rows runs, then the EMA update.
 The step is `model.train_step` in a `tf.function` (what `fit` compiles), timed on one fixed batch
 read from the pipeline, so it measures the step alone. The modes of a setting are timed interleaved
@@ -69,9 +69,9 @@ def benchmark_config(data_dir: str, builder: str, size: int, width: float, batch
     config.train.batch_size = batch
     config.mean_teacher.enabled = mode != "plain"
     if mode == "labelled_only":  # every timed step lies before the consistency loss starts
-        config.mean_teacher.consistency_start_epoch = float(config.train.epochs)
+        config.mean_teacher.consistency_start_fraction = 1.0  # the end of the schedule
     elif mode == "deepnoise":  # every timed step has the consistency loss (the paper's phase 2)
-        config.mean_teacher.consistency_start_epoch = 0.0
+        config.mean_teacher.consistency_start_fraction = 0.0
     config = config_lib.validate(config)
     scale_shuffle_buffer(config)
     return config

@@ -1,4 +1,4 @@
-"""`python -m deepnoise_tf.ablation --workdir DIR [--data_dir TFDS_DIR] [--scale SCALE] [--steps ...]`.
+"""`python -m deepnoise_tf.ablation --workdir DIR [--protocol P] [--data_dir TFDS_DIR] [--scale SCALE] [--steps ...]`.
 
 The paper's two ablations on any `rxrx1` data set, scored on the labelled held-out experiments
 (`config.data.val_experiments`, never trained on):
@@ -26,17 +26,36 @@ minutes on 2 cores as parallel processes (one `--steps` each, same DIR).
 `--scale paper` runs the paper configs as they are (4 GPUs, days). Any `--config.a.b=value` applies to
 every step (e.g. `--config.train.epochs=1` for a smoke run).
 
+`--protocol held_out` (or `development`) runs the steps on synthetic designs of the family instead of
+one data set: every design (`--designs`, default the first two held-out ones) with every training
+seed (`--seeds`, default 0,1,2), checkpoints chosen on the validation experiments and every step
+reported on the test split, with bootstrap intervals and a verdict per Fig. 3 ordering
+(`deepnoise_tf.ablation_protocol`; `DIR/protocol.md`; docs/ablation.md, "Protocol"). The feature
+baseline (`--steps feature_baseline`) is a step of every protocol run.
+
 Model 4 here is the ensemble of the two mean teachers; the paper's Model 4 also retrains the students
 with pseudo labels from that ensemble (pSoftmax), which this ablation leaves out.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import pandas as pd
 
 from deepnoise_tf import cli, config_flags, quiet
+from deepnoise_tf import config as config_lib
+
+
+def protocol_name(text: str) -> str:
+    """argparse type of `--protocol`: a known name, else an error naming the closest one."""
+    from deepnoise_tf.ablation_protocol import PROTOCOLS  # TensorFlow: only after quiet.configure
+
+    if text not in PROTOCOLS:
+        raise argparse.ArgumentTypeError(f"unknown protocol {text!r}{config_lib.did_you_mean(text, PROTOCOLS)}; "
+                                         f"choose from {', '.join(PROTOCOLS)}")  # fmt: skip
+    return text
 
 
 def parse_command_line(argv):
@@ -47,6 +66,23 @@ def parse_command_line(argv):
         "python -m deepnoise_tf.ablation", __doc__.split("\n")[0], epilog=config_flags.OVERRIDE_HELP
     )
     parser.add_argument("--workdir", required=True, help="where steps, tables and charts go")
+    parser.add_argument(
+        "--protocol",
+        type=protocol_name,
+        default="single",
+        help="single: one run on one data set, scored on the validation experiments; development / "
+        "held_out: the synthetic designs of that part of the family x --seeds, reported on the "
+        "test split with intervals",
+    )
+    parser.add_argument(
+        "--seeds", default="", help="training seeds of a protocol run, e.g. 0,1,2 (default: 0,1,2)"
+    )
+    parser.add_argument(
+        "--designs",
+        default="",
+        help="designs of a protocol run, comma-separated (default: every development design, or "
+        "the first two held-out ones)",
+    )
     parser.add_argument(
         "--data_dir",
         default="",
@@ -67,8 +103,9 @@ def parse_command_line(argv):
         "--steps",
         nargs="+",
         choices=ablation_steps.STEP_NAMES,
-        default=list(ablation_steps.STEP_NAMES),
-        help="the steps to run (and the trainings they need); all are scored",
+        default=None,
+        help="the steps to run (and the trainings they need); all are scored (default: every step "
+        "but feature_baseline for --protocol single, every step otherwise)",
     )
     parser.add_argument(
         "--configs_dir",
@@ -82,15 +119,46 @@ def parse_command_line(argv):
         help="the plate prior of the post-processed step",
     )
     rest, overrides = config_flags.split_overrides(parser, argv)
-    return parser.parse_args(rest), overrides
+    arguments = parser.parse_args(rest)
+    try:
+        check_protocol_arguments(arguments)
+    except ValueError as error:
+        parser.error(str(error))
+    return arguments, overrides
+
+
+def check_protocol_arguments(arguments) -> None:
+    """Fills the protocol's defaults in `arguments`; a flag that does not fit the protocol fails."""
+    from deepnoise_tf import ablation_protocol, ablation_steps
+
+    if arguments.protocol == "single":
+        given = [flag for flag in ("seeds", "designs") if getattr(arguments, flag)]
+        if given:
+            raise ValueError(f"--{given[0]} needs --protocol development or held_out")
+        arguments.steps = arguments.steps or list(ablation_steps.DEFAULT_STEPS)
+        return
+    if arguments.data_dir or arguments.builder:
+        raise ValueError("--protocol generates its designs' data: drop --data_dir and --builder")
+    arguments.steps = arguments.steps or list(ablation_steps.STEP_NAMES)
+    seeds = arguments.seeds or ",".join(map(str, ablation_protocol.DEFAULT_SEEDS))
+    arguments.seeds = ablation_protocol.parse_seeds(seeds)
+    designs = tuple(name.strip() for name in arguments.designs.split(",") if name.strip())
+    arguments.designs = ablation_protocol.resolve_designs(arguments.protocol, designs)
 
 
 def main(argv=None) -> pd.DataFrame:
     argv = sys.argv[1:] if argv is None else argv
     quiet.configure(argv)
     arguments, overrides = parse_command_line(argv)
-    from deepnoise_tf import ablation_steps
+    from deepnoise_tf import ablation_protocol, ablation_steps
 
+    if arguments.protocol != "single":
+        return ablation_protocol.run_protocol(
+            arguments.workdir, arguments.protocol, seeds=arguments.seeds,
+            designs=arguments.designs, steps=tuple(arguments.steps), scale=arguments.scale,
+            overrides=overrides, configs_dir=arguments.configs_dir or None,
+            method=arguments.postprocess,
+        )["summary"]  # fmt: skip
     return ablation_steps.run_ablation(
         arguments.workdir,
         data_dir=arguments.data_dir,

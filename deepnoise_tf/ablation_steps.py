@@ -1,8 +1,9 @@
-"""The ablation study (paper Fig. 3A/3B plus a linear floor): its steps, their configs, runs and scores.
+"""The ablation study (paper Fig. 3A/3B plus two floors): its steps, their configs, runs and scores.
 
 A training step trains one config in `DIR/<step>/` (a `training.run` folder, finished when it holds
-`done.json`) and caches its validation logits in `DIR/<step>/evaluation/` (`logits.npz`, then
-`done.json`): a step with that marker is never redone. Derived steps average the cached logits of
+`done.json`) and caches its logits of the reported wells in `DIR/<step>/evaluation/`
+(`ablation_cache`): a step with that marker is never redone. A floor (`FLOOR_FITTERS`) is fitted on
+the data alone. Derived steps average the cached logits of
 their members and may add the plate prior. `run_ablation` runs what is missing, then scores every
 cached step into `DIR/ablation.csv`, `DIR/ablation_by_cell_type.csv` and the Fig. 3A/3B charts.
 """
@@ -20,10 +21,15 @@ import pandas as pd
 from deepnoise_tf import baselines, data, evaluation, plots, scales
 from deepnoise_tf import config as config_lib
 from deepnoise_tf import workdir as workdir_lib
+from deepnoise_tf.ablation_cache import (
+    check_report_split,
+    is_cached,
+    load_step_logits,
+    save_step_logits,
+    unmark,
+)
+from deepnoise_tf.ablation_training import default_evaluator, default_trainer
 
-EVALUATION_FOLDER = "evaluation"  # in each step's folder: logits.npz, then done.json
-LOGITS_FILE = "logits.npz"
-REPORT_FOLDER = "report"  # in each training step's folder: its training curves
 TABLE_FILE = "ablation.csv"
 CELL_TYPE_TABLE_FILE = "ablation_by_cell_type.csv"
 
@@ -50,11 +56,17 @@ class Step:
     def trains(self) -> bool:
         return bool(self.config_file)
 
+    @property
+    def is_floor(self) -> bool:
+        """A baseline fitted on the data alone (`FLOOR_FITTERS`), the same for every training seed."""
+        return self.figure == "floor"
+
 
 _MEAN_TEACHERS = ("mean_teacher", "mean_teacher_wide")
 _PLATE = (("data.normalization", "plate"),)
 STEPS = (
     Step("linear_floor", "floor", "logistic regression, plate-normalized channel mean/std"),
+    Step("feature_baseline", "floor", "logistic regression, CellProfiler-style image features"),
     Step(
         "norm_cell_type", "3A", "Model 1, cell-type normalization", "model1_softmax.py",
         overrides=(("data.normalization", "cell_type"),), paper_accuracy=51.549,
@@ -80,6 +92,9 @@ STEPS = (
          paper_accuracy=99.596),
 )  # fmt: skip
 STEP_NAMES = tuple(step.name for step in STEPS)
+FLOOR_STEPS = tuple(step.name for step in STEPS if step.is_floor)
+# `--steps` of the single ablation by default: every step but the feature baseline (slower to fit).
+DEFAULT_STEPS = tuple(name for name in STEP_NAMES if name != "feature_baseline")
 STEPS_BY_NAME = {step.name: step for step in STEPS}
 PAPER_ACCURACY = {step.name: step.paper_accuracy for step in STEPS}
 FIGURE_3A = ("norm_cell_type", "norm_experiment", "norm_plate")
@@ -123,99 +138,23 @@ def with_data(config, data_dir: str, builder: str):
     return config
 
 
-def floor_config(config):
-    """What the linear floor depends on: the data section only (no training settings)."""
-    return ml_collections.ConfigDict({"data": config.data.to_dict()})
-
-
-# ------------------------------------------------------------------------------------------------
-# A step's cached result: DIR/<step>/evaluation/{logits.npz, done.json}
-
-
-def is_cached(step_folder) -> bool:
-    """Whether the step's validation logits are complete (its evaluation marker exists)."""
-    return workdir_lib.read_done(pathlib.Path(step_folder) / EVALUATION_FOLDER) is not None
-
-
-def save_step_logits(step_folder, wells: pd.DataFrame, logits: np.ndarray, seconds: float) -> None:
-    """Writes the logits atomically, then the marker: an interrupted write never looks finished."""
-    folder = pathlib.Path(step_folder) / EVALUATION_FOLDER
-    arrays = {name: wells[name].to_numpy() for name in evaluation.WELL_COLUMNS}
-    workdir_lib.write_npz(folder / LOGITS_FILE, logits=np.asarray(logits, np.float32), **arrays)
-    workdir_lib.mark_done(folder, {"seconds": float(seconds), "wells": len(wells)})
-
-
-def load_step_logits(step_folder) -> tuple[pd.DataFrame, np.ndarray, float]:
-    """`(wells, logits [W, 1139] float64, seconds the step took)` of a cached step."""
-    folder = pathlib.Path(step_folder) / EVALUATION_FOLDER
-    record = workdir_lib.read_done(folder)
-    if record is None:
-        raise FileNotFoundError(f"{folder} holds no finished evaluation")
-    with np.load(folder / LOGITS_FILE) as stored:
-        wells = pd.DataFrame({name: stored[name] for name in evaluation.WELL_COLUMNS})
-        return wells, stored["logits"].astype(np.float64), float(record["seconds"])
+def floor_config(config, report_split: str = "val"):
+    """What a floor depends on: the data section and the split it reports (no training settings)."""
+    report = {"split": check_report_split(report_split)}
+    return ml_collections.ConfigDict({"data": config.data.to_dict(), "report": report})
 
 
 def training_finished(step_folder) -> bool:
     return workdir_lib.read_done(step_folder) is not None  # training.run writes it last
 
 
-# ------------------------------------------------------------------------------------------------
-# Training and evaluating one step
+def run_training_step(
+    step: Step, config, root: pathlib.Path, *, trainer, evaluator, report_split: str = "val"
+) -> str:
+    """Trains (or resumes) and evaluates one step unless its logits are cached; returns what it did.
 
-
-def write_training_curves(step_folder) -> None:
-    """`<step>/report/`: `training_curves.png`, `metrics_summary.csv` and `summary.md` (Fig. 5)."""
-    step_folder = pathlib.Path(step_folder)
-    metrics_path = step_folder / workdir_lib.METRICS_FILE
-    if not metrics_path.is_file():
-        return
-    output = step_folder / REPORT_FOLDER
-    metrics = workdir_lib.read_metrics(metrics_path)
-    plots.plot_training_curves(metrics, output / "training_curves.png")
-    summary = workdir_lib.metrics_summary(metrics)
-    workdir_lib.write_csv(summary, output / "metrics_summary.csv")
-    workdir_lib.write_text(
-        output / "summary.md",
-        f"# Report: `{step_folder}`\n\n## Training curves\n\n![training curves](training_curves.png)\n\n"
-        f"```\n{summary.to_string(index=False)}\n```\n",
-    )
-
-
-def default_trainer(config, step_folder: str) -> None:
-    import keras
-
-    from deepnoise_tf import training
-
-    training.run(config, step_folder)
-    keras.backend.clear_session()  # six trainings in one process: free the last one's graphs
-
-
-def default_evaluator(config, step_folder: str) -> tuple[pd.DataFrame, np.ndarray]:
-    """Validation wells (train split, the config's cell types) and their site-averaged logits.
-
-    Uses the step's export when it has one, else its checkpoint; also draws its training curves.
+    `evaluator(config, step_folder, report_split=...)` scores the wells of `report_split`.
     """
-    from deepnoise_tf import inference
-
-    experiments = tuple(config.data.val_experiments)
-    if not experiments:
-        raise ValueError("no experiments to evaluate (config.data.val_experiments is empty)")
-    write_training_curves(step_folder)
-    export_dir = pathlib.Path(step_folder) / "export"
-    if (export_dir / "saved_model.pb").is_file():
-        predictor = inference.load_export(export_dir)
-    else:
-        predictor = inference.from_run_folder(step_folder)
-    outputs = inference.predict_split(
-        {"model": predictor}, config.data.data_dir or None, config.data.builder, "train",
-        experiments=experiments, cell_types=tuple(config.data.cell_types),
-    )  # fmt: skip
-    return outputs.wells, outputs.logits["model"]
-
-
-def run_training_step(step: Step, config, root: pathlib.Path, *, trainer, evaluator) -> str:
-    """Trains (or resumes) and evaluates one step unless its logits are cached; returns what it did."""
     step_folder = root / step.name
     drift = workdir_lib.config_drift(step_folder, config)
     if drift and not training_finished(step_folder):  # resuming would mix two configs in one model
@@ -223,7 +162,7 @@ def run_training_step(step: Step, config, root: pathlib.Path, *, trainer, evalua
             f"{step_folder} was started with another config ({'; '.join(drift)}). Delete that "
             "folder to redo the step, or use another --workdir."
         )
-    if is_cached(step_folder):
+    if is_cached(step_folder, report_split):
         return "cached"
     start = time.perf_counter()
     action = "evaluated"
@@ -231,22 +170,42 @@ def run_training_step(step: Step, config, root: pathlib.Path, *, trainer, evalua
         step_folder.mkdir(parents=True, exist_ok=True)
         action = "trained"
         trainer(config, str(step_folder))
-    wells, logits = evaluator(config, str(step_folder))
-    save_step_logits(step_folder, wells, logits, time.perf_counter() - start)
+    wells, logits = evaluator(config, str(step_folder), report_split=report_split)
+    save_step_logits(step_folder, wells, logits, time.perf_counter() - start, report_split)
     return action
 
 
-def run_floor_step(config, root: pathlib.Path) -> str:
-    """Fits the linear floor unless it is cached under the same data settings; returns what it did."""
-    step_folder = root / "linear_floor"
-    if is_cached(step_folder) and not workdir_lib.config_drift(step_folder, floor_config(config)):
+def fit_linear_floor(config, *, report_split: str = "val") -> tuple[pd.DataFrame, np.ndarray]:
+    """`baselines.linear_floor_logits`: 12 intensity moments per well, logistic regression."""
+    if report_split == "val":  # the floor's signature before it took `report_split`
+        return baselines.linear_floor_logits(config)
+    return baselines.linear_floor_logits(config, report_split=report_split)
+
+
+def fit_feature_baseline(config, *, report_split: str = "val") -> tuple[pd.DataFrame, np.ndarray]:
+    """`features.feature_baseline_logits`: CellProfiler-style image features, logistic regression."""
+    from deepnoise_tf import features  # scikit-image: only when this floor is asked for
+
+    return features.feature_baseline_logits(config, report_split=report_split)
+
+
+# Every floor: `fitter(config, report_split=...) -> (wells, logits)` of the wells of that split.
+FLOOR_FITTERS = {"linear_floor": fit_linear_floor, "feature_baseline": fit_feature_baseline}
+
+
+def run_floor_step(
+    name: str, config, root: pathlib.Path, *, report_split: str = "val", fitters=None
+) -> str:
+    """Fits the floor `name` unless it is cached under the same data settings; returns what it did."""
+    step_folder = root / name
+    record = floor_config(config, report_split)
+    if is_cached(step_folder, report_split) and not workdir_lib.config_drift(step_folder, record):
         return "cached"
-    # Unmark first: a fit killed after the new config.json is written must not look finished.
-    (step_folder / EVALUATION_FOLDER / workdir_lib.DONE_FILE).unlink(missing_ok=True)
-    workdir_lib.write_config(step_folder, floor_config(config))
+    unmark(step_folder)  # first: a fit killed after the new config.json must not look finished
+    workdir_lib.write_config(step_folder, record)
     start = time.perf_counter()
-    wells, logits = baselines.linear_floor_logits(config)
-    save_step_logits(step_folder, wells, logits, time.perf_counter() - start)
+    wells, logits = (fitters or FLOOR_FITTERS)[name](config, report_split=report_split)
+    save_step_logits(step_folder, wells, logits, time.perf_counter() - start, report_split)
     return "fitted"
 
 
@@ -307,7 +266,10 @@ def score_steps(cached: dict, seconds: dict, *, plate_design=None, method: str =
 
 
 def ordering_checks(table: pd.DataFrame) -> list[tuple[str, bool]]:
-    """The paper's orderings that hold on the available rows: (statement, holds)."""
+    """The paper's orderings that hold on the available rows: (statement, holds).
+
+    One run, no interval: `ablation_statistics.ORDERINGS` are the same orderings with intervals.
+    """
     accuracy = dict(zip(table["step"], table["accuracy"], strict=True))
     checks = []
     if all(name in accuracy for name in FIGURE_3A):
@@ -321,7 +283,7 @@ def ordering_checks(table: pd.DataFrame) -> list[tuple[str, bool]]:
         holds = all(b >= a for a, b in zip(values, values[1:], strict=False))
         checks.append(("3B: each step at least as good as the one before", holds))
     if "linear_floor" in accuracy:
-        deep = [name for name in accuracy if name != "linear_floor"]
+        deep = [name for name in accuracy if name not in FLOOR_STEPS]
         if deep:
             holds = all(accuracy[name] > accuracy["linear_floor"] for name in deep)
             checks.append(("every deep model above the linear floor", holds))
@@ -390,46 +352,63 @@ def steps_to_run(steps) -> list[str]:
     return [name for name in STEP_NAMES if name in wanted]
 
 
-def run_steps(names, configs: dict, root: pathlib.Path, *, trainer, evaluator) -> None:
-    """Runs (or finds cached) each named step, logging what it did and how long it took."""
+def run_steps(names, configs: dict, root: pathlib.Path, *, trainer, evaluator,
+              report_split: str = "val", floor_root=None, floor_fitters=None, prefix: str = "") -> None:  # fmt: skip
+    """Runs (or finds cached) each named step, logging what it did and how long it took.
+
+    Floors go to `floor_root` (default `root`): the protocol shares them between training seeds.
+    """
     reference = configs["norm_plate"]
     start = time.perf_counter()
     for index, name in enumerate(names, 1):
         step_start = time.perf_counter()
-        _log(f"step {index}/{len(names)} {name}: started")
-        if name == "linear_floor":
-            action = run_floor_step(reference, root)
+        _log(f"{prefix}step {index}/{len(names)} {name}: started")
+        if STEPS_BY_NAME[name].is_floor:
+            action = run_floor_step(name, reference, pathlib.Path(floor_root or root),
+                                    report_split=report_split, fitters=floor_fitters)  # fmt: skip
         else:
-            action = run_training_step(
-                STEPS_BY_NAME[name], configs[name], root, trainer=trainer, evaluator=evaluator
-            )
-        _log(f"step {index}/{len(names)} {name}: {action} in {time.perf_counter() - step_start:.0f} s "
-             f"(total {(time.perf_counter() - start) / 60:.1f} min)")  # fmt: skip
+            action = run_training_step(STEPS_BY_NAME[name], configs[name], root, trainer=trainer,
+                                       evaluator=evaluator, report_split=report_split)  # fmt: skip
+        _log(f"{prefix}step {index}/{len(names)} {name}: {action} in "
+             f"{time.perf_counter() - step_start:.0f} s (total {(time.perf_counter() - start) / 60:.1f} min)")  # fmt: skip
 
 
-def load_cached(root: pathlib.Path, configs: dict) -> tuple[dict, dict]:
-    """`({step: (wells, logits)}, {step: seconds})` of every cached step; notes config changes."""
+def load_cached(
+    root: pathlib.Path, configs: dict, *, report_split: str = "val", floor_root=None
+) -> tuple[dict, dict]:
+    """`({step: (wells, logits)}, {step: seconds})` of every step cached for `report_split`."""
     cached, seconds = {}, {}
     for step in STEPS:
-        if not (step.trains or step.name == "linear_floor") or not is_cached(root / step.name):
+        folder = pathlib.Path(floor_root or root) / step.name if step.is_floor else root / step.name
+        if not (step.trains or step.is_floor) or not is_cached(folder, report_split):
             continue
-        config = configs[step.name] if step.trains else floor_config(configs["norm_plate"])
-        drift = workdir_lib.config_drift(root / step.name, config)
+        config = (
+            configs[step.name] if step.trains else floor_config(configs["norm_plate"], report_split)
+        )
+        drift = workdir_lib.config_drift(folder, config)
         if drift:  # a finished step keeps its result; its config.json says how it was made
             _log(f"note: {step.name} was trained with {'; '.join(drift)} (delete it to redo)")
-        wells, logits, seconds[step.name] = load_step_logits(root / step.name)
+        wells, logits, seconds[step.name] = load_step_logits(folder)
         cached[step.name] = (wells, logits)
     return cached, seconds
 
 
+def report_plate_design(reference, cached: dict, report_split: str = "val"):
+    """The plate design the plate prior uses, learned from labelled training experiments only.
+
+    Reporting on the validation experiments leaves them out; reporting on the test split may use all
+    of the train split. None when the post-processed step's members are not cached.
+    """
+    if not all(name in cached for name in STEPS_BY_NAME["postprocess"].members):
+        return None
+    excluded = tuple(reference.data.val_experiments) if report_split == "val" else ()
+    return data.plate_design_from_split(reference.data.data_dir or None, reference.data.builder,
+                                        "train", exclude_experiments=excluded)  # fmt: skip
+
+
 def write_results(root, reference, cached, seconds, *, method, data_label) -> pd.DataFrame:
     """Scores the cached steps; writes the tables and charts, prints the table and the checks."""
-    design = None
-    if all(name in cached for name in STEPS_BY_NAME["postprocess"].members):
-        design = data.plate_design_from_split(
-            reference.data.data_dir or None, reference.data.builder, "train",
-            exclude_experiments=tuple(reference.data.val_experiments),
-        )  # fmt: skip
+    design = report_plate_design(reference, cached)
     table, by_cell_type = score_steps(cached, seconds, plate_design=design, method=method)
     workdir_lib.write_csv(table, root / TABLE_FILE)
     workdir_lib.write_csv(by_cell_type, root / CELL_TYPE_TABLE_FILE)
@@ -443,14 +422,14 @@ def write_results(root, reference, cached, seconds, *, method, data_label) -> pd
 
 
 def run_ablation(
-    workdir, *, data_dir: str = "", builder: str = "", scale: str = "cpu", steps=STEP_NAMES,
+    workdir, *, data_dir: str = "", builder: str = "", scale: str = "cpu", steps=DEFAULT_STEPS,
     overrides: dict[str, str] | None = None, configs_dir=None, method: str = "assign",
     trainer=default_trainer, evaluator=default_evaluator,
 ) -> pd.DataFrame:  # fmt: skip
     """Runs the requested steps (and the trainings they need), then scores every cached step.
 
-    `trainer(config, step_folder)` and `evaluator(config, step_folder) -> (wells, logits)` are
-    replaceable (tests hand in stand-ins). Returns the table written to `DIR/ablation.csv`.
+    `trainer(config, step_folder)` and `evaluator(config, step_folder, report_split="val") ->
+    (wells, logits)` are replaceable (tests hand in stand-ins). Returns the table written to `DIR/ablation.csv`.
     """
     root = pathlib.Path(workdir).resolve()
     root.mkdir(parents=True, exist_ok=True)

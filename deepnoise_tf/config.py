@@ -22,7 +22,7 @@ from typing import Any
 
 import ml_collections
 
-from deepnoise_tf import constants
+from deepnoise_tf import config_renames, constants
 
 # Option lists owned here. Backbones and stems are owned by `deepnoise_tf.models` (the backbone
 # registry), teacher statistics by `deepnoise_tf.constants`; `validate` reads them from there.
@@ -86,9 +86,9 @@ def _model_defaults() -> ml_collections.ConfigDict:
     model.head = "arcface"  # arcface | softmax (Model 1 baseline)
     model.arcface_scale = 30.0
     model.arcface_margin = 0.1
-    # Epochs over which training ramps the margin linearly from 0 (0 = the paper: full margin from
-    # the first step). For ArcFace trained from scratch, where the margin stalls the first epochs.
-    model.arcface_margin_warmup_epochs = 0.0
+    # Share of the schedule over which training ramps the margin linearly from 0 (0 = the paper:
+    # full margin from the first step). For ArcFace from scratch, where the margin stalls at first.
+    model.arcface_margin_warmup_fraction = 0.0
     model.dropout = 0.5  # softmax head only
     model.sync_batch_norm = True  # identical BN statistics on every replica
     model.batch_norm_momentum = 0.99  # Keras's Xception default
@@ -102,15 +102,16 @@ def _mean_teacher_defaults() -> ml_collections.ConfigDict:
     mean_teacher = ml_collections.ConfigDict()
     mean_teacher.enabled = True
     mean_teacher.consistency_weight = 100.0  # of L_Consist, paper eq. 5 (value: public code)
-    mean_teacher.rampup_epochs = 5.0
+    # Schedules are fractions of the schedule length (train.schedule_epochs; schedules.run_schedule).
+    mean_teacher.rampup_fraction = 0.03125  # 5 of 160 epochs
     # Paper (Discussion): labelled-only ArcFace training first, then the consistency loss; it gives
     # no length. Our reading: the first quarter of the schedule (40 of 160 epochs, well before the
     # first learning-rate step at 100). 0 = consistency (ramped up) from the first step.
-    mean_teacher.consistency_start_epoch = 40.0
+    mean_teacher.consistency_start_fraction = 0.25
     mean_teacher.labelled_share = 0.5  # fixed labelled fraction of every batch (paper: 1/4 or 1/2)
     # Teacher EMA decay (Tarvainen & Valpola 2017) in epoch 1, <=10, <=20, later (public code).
     mean_teacher.ema_decays = (0.5, 0.9, 0.99, 0.999)
-    mean_teacher.ema_epoch_boundaries = (1, 10, 20)
+    mean_teacher.ema_boundary_fractions = (0.00625, 0.0625, 0.125)  # epochs 1, 10, 20 of 160
     mean_teacher.pseudo_label_weight = 0.05  # labelled loss then x (1 - weight)
     mean_teacher.pseudo_label_source = "ensemble"  # ensemble (paper) | own_teacher (code)
     # batch (paper's code, Tarvainen & Valpola): batch-norm statistics stay out of the EMA; the teacher
@@ -124,13 +125,16 @@ def _train_defaults() -> ml_collections.ConfigDict:
     """`config.train`: optimizer, schedule, precision and distribution of one training run."""
     train = ml_collections.ConfigDict()
     train.epochs = 160
+    # Epochs the schedule fractions refer to (schedules.run_schedule); 0 = train.epochs. Continued
+    # runs (later pipeline rounds, fine-tuning) keep the first run's, so their epochs stay put.
+    train.schedule_epochs = 0
     train.batch_size = 64  # global batch, split over replicas
     train.steps_per_epoch = 0  # 0 = one pass over the labelled wells
     # Paper: Adam with L2 2e-4 ("weight decay" as PyTorch's Adam has it: 2e-4 * w added to the
     # gradient); "adamw" = Keras's decoupled decay. Batch-norm and bias parameters are not decayed.
     train.optimizer = "adam_l2"
     train.learning_rates = (3e-4, 1e-4, 1e-5)
-    train.lr_epoch_boundaries = (100, 140)
+    train.lr_boundary_fractions = (0.625, 0.875)  # epochs 100 and 140 of 160
     train.weight_decay = 2e-4  # the L2 coefficient of adam_l2, the decay of adamw
     train.strategy = "auto"  # auto | default | mirrored | multi_worker
     train.cpu_devices = 0  # >1 splits the CPU into logical devices (testing distribution)
@@ -171,7 +175,7 @@ def cpu_scale(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.train.epochs = 32
     config.train.batch_size = 32
     config.train.learning_rates = (3e-3, 1e-3, 1e-4)
-    config.train.lr_epoch_boundaries = (24, 29)
+    config.train.lr_boundary_fractions = (0.75, 0.90625)  # epochs 24 and 29 of 32
     # float32 without XLA even where a GPU is in sight: XLA is 5-15x slower on CPU (BENCHMARKS.md),
     # and CPU-scale numbers stay comparable across machines.
     config.train.mixed_precision = ""
@@ -180,11 +184,11 @@ def cpu_scale(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     # The synthetic siRNA intensity effect (10%) is as large as the paper's +-10% jitter of the
     # normalization statistics, which would erase it; real phenotypes are not only intensities.
     config.data.normalization_jitter = 0.0
-    config.mean_teacher.rampup_epochs = 2.0
+    config.mean_teacher.rampup_fraction = 0.0625  # 2 of 32 epochs
     # The paper-scale reading, a quarter of the schedule, labelled only (8 of 32 epochs, before the
     # learning-rate step at 24); docs/ablation.md, "Mean teacher at CPU scale", for why not 0.
-    config.mean_teacher.consistency_start_epoch = 8.0
-    config.mean_teacher.ema_epoch_boundaries = (1, 2, 4)
+    config.mean_teacher.consistency_start_fraction = 0.25
+    config.mean_teacher.ema_boundary_fractions = (0.03125, 0.0625, 0.125)  # epochs 1, 2, 4 of 32
     # ~18 steps per epoch: a 0.999 teacher would barely move in a dozen epochs.
     config.mean_teacher.ema_decays = (0.5, 0.9, 0.95, 0.97)
     # Fine-tuning (finetune.py), ~5 steps per epoch per cell type: 4 cycles of 6 r epochs + 2, i.e.
@@ -276,8 +280,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     Imports `deepnoise_tf.models` (Keras) for the registered backbones and the stems; loading a
     config and applying overrides do not.
     """
-    from deepnoise_tf import models
+    from deepnoise_tf import models, schedules, synthetic_design
 
+    preset, presets = config.data.synthetic_preset, synthetic_design.preset_names()
+    if preset and preset not in presets:
+        raise ValueError(f"config.data.synthetic_preset={preset!r} is not one of {list(presets)}"
+                         f"{did_you_mean(preset, presets)}")  # fmt: skip
     checks = [
         ("data.normalization", config.data.normalization, constants.NORMALIZATIONS),
         ("model.backbone", config.model.backbone, models.backbone_names()),
@@ -313,15 +321,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     share = config.mean_teacher.labelled_share
     if config.mean_teacher.enabled and not 0.0 < share <= 1.0:
         raise ValueError(f"config.mean_teacher.labelled_share={share} must be in (0, 1]")
-    if len(config.train.learning_rates) != len(config.train.lr_epoch_boundaries) + 1:
-        raise ValueError(
-            "config.train.learning_rates needs one more value than train.lr_epoch_boundaries"
-        )
+    schedules.validate_schedule_fields(config)
     _check_learning_rates(config)
-    if config.model.get("arcface_margin_warmup_epochs", 0.0) < 0:
-        raise ValueError("config.model.arcface_margin_warmup_epochs must be >= 0")
-    if config.mean_teacher.get("consistency_start_epoch", 0.0) < 0:
-        raise ValueError("config.mean_teacher.consistency_start_epoch must be >= 0")
     if config.train.batch_size < 1 or config.train.epochs < 1:
         raise ValueError("config.train.batch_size and config.train.epochs must be positive")
     return config
@@ -475,12 +476,18 @@ def apply_overrides(
     """Sets dotted fields from their command-line text (a Python literal, or a bare string).
 
     Raises:
-      KeyError: an unknown field; the message suggests the closest fields.
+      KeyError: an unknown field; the message suggests the closest fields, or names the
+        replacement of a renamed one (`config_renames`).
       TypeError: a value of the wrong type (e.g. "abc" for an int field).
     """
     valid = _field_paths(config)
     with config.unlocked():
         for path, text in overrides.items():
+            if path in config_renames.RENAMED_FIELDS and path not in valid:
+                length = config.train.get("schedule_epochs", 0) or config.train.get("epochs")
+                raise KeyError(
+                    config_renames.renamed_field_message(path, _parse_value(text), length)
+                )
             if path not in valid:
                 raise KeyError(_unknown_field_message(path, valid))
             _set_field(config, path, _parse_value(text), text)

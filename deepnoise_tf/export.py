@@ -75,10 +75,27 @@ def routed_serving_outputs(networks, routes: dict, image, mean, std, cell_type, 
     positions = tf.dynamic_partition(tf.range(tf.shape(image)[0]), part, len(groups))
     parts = [tf.dynamic_partition(value, part, len(groups)) for value in (image, mean, std)]
     outputs = [
-        serving_outputs(group, *(values[index] for values in parts), image_size=image_size)
+        _outputs_of_part(group, *(values[index] for values in parts), image_size=image_size)
         for index, group in enumerate(groups)
     ]
     return {key: tf.dynamic_stitch(positions, [out[key] for out in outputs]) for key in outputs[0]}
+
+
+def _outputs_of_part(networks, image, mean, std, *, image_size) -> dict:
+    """`serving_outputs` of one partition, which may hold no image: an empty partition runs one
+    zero row and keeps none of its outputs. Networks never see an empty batch, which TensorFlow 2.21's
+    CPU kernels (oneDNN) reject inside batch normalization ("Incompatible shapes: [C] vs. [0,H,W,6]")."""
+    count = tf.shape(image)[0]
+    missing = tf.cast(tf.equal(count, 0), tf.int32)  # 1 for an empty partition, else 0
+
+    def padded(value):
+        shape = tf.concat([[missing], tf.shape(value)[1:]], axis=0)
+        return tf.concat([value, tf.zeros(shape, value.dtype)], axis=0)
+
+    outputs = serving_outputs(
+        networks, padded(image), padded(mean), padded(std), image_size=image_size
+    )
+    return {key: value[:count] for key, value in outputs.items()}
 
 
 def _check_routes(networks, routes: dict) -> None:

@@ -100,7 +100,7 @@ def learning_rate_schedule(config, steps_per_epoch: int):
     if optimizer in ("adam_l2", "adamw"):
         return schedules.PiecewiseEpochLR(
             steps_per_epoch=steps_per_epoch,
-            boundaries=tuple(config.train.lr_epoch_boundaries),
+            boundaries=schedules.run_schedule(config).lr_boundaries,
             values=tuple(config.train.learning_rates),
         )
     if optimizer == "sgd_cosine":
@@ -165,15 +165,16 @@ def build_model(config, steps_per_epoch: int) -> MeanTeacher:
         else None
     )
     mean_teacher = config.mean_teacher
+    schedule = schedules.run_schedule(config)  # the config's fractions as absolute epochs
     model = MeanTeacher(
         student,
         teacher,
         steps_per_epoch=steps_per_epoch,
         consistency_weight=mean_teacher.consistency_weight,
-        rampup_epochs=mean_teacher.rampup_epochs,
-        consistency_start_epoch=mean_teacher.get("consistency_start_epoch", 0.0),
+        rampup_epochs=schedule.rampup_epochs,
+        consistency_start_epoch=schedule.consistency_start_epoch,
         ema_decays=tuple(mean_teacher.ema_decays),
-        ema_epoch_boundaries=tuple(mean_teacher.ema_epoch_boundaries),
+        ema_epoch_boundaries=schedule.ema_boundaries,
         pseudo_label_weight=mean_teacher.pseudo_label_weight,
         normalization_jitter=config.data.normalization_jitter,
         # .get: config.json files written before the field existed get the default
@@ -182,9 +183,7 @@ def build_model(config, steps_per_epoch: int) -> MeanTeacher:
         labelled_share=mean_teacher.labelled_share if mean_teacher.enabled else 1.0,
         seed=config.train.seed,
         margin_warmup_epochs=(
-            config.model.get("arcface_margin_warmup_epochs", 0.0)
-            if config.model.head == "arcface"
-            else 0.0
+            schedule.arcface_margin_warmup_epochs if config.model.head == "arcface" else 0.0
         ),
     )
     if teacher is not None:

@@ -66,7 +66,13 @@ def _like(current, values):
 
 
 def cell_type_config(config, cell_type: str):
-    """The training config of one cell type's fine-tuning: its data only, SGD + cosine restarts."""
+    """The training config of one cell type's fine-tuning: its data only, SGD + cosine restarts.
+
+    It keeps the pretraining's schedule length (`train.schedule_epochs`), so the consistency ramp
+    and the EMA steps last as many epochs as in pretraining, whatever the fine-tuning's epochs.
+    """
+    from deepnoise_tf import schedules
+
     result = copy.deepcopy(config)
     # Validation experiments of other cell types hold none of this cell type's wells.
     validation = [
@@ -78,11 +84,12 @@ def cell_type_config(config, cell_type: str):
         result.data.cell_types = _like(config.data.cell_types, [cell_type])
         result.data.val_experiments = _like(config.data.val_experiments, validation)
         result.train.optimizer = "sgd_cosine"
+        result.train.schedule_epochs = schedules.run_schedule(config).length
         result.train.epochs = finetune_epochs(config.finetune, cell_type)
         result.train.export = True  # run() returns the exports
         result.model.imagenet_weights = ""  # the backbone comes from the pretrained run
         # The teacher is pretrained: no labelled-only phase (that is for a teacher trained afresh).
-        result.mean_teacher.consistency_start_epoch = 0.0
+        result.mean_teacher.consistency_start_fraction = 0.0
     return result
 
 

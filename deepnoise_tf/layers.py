@@ -85,7 +85,7 @@ class ArcFace(keras.layers.Layer):
 
     def call(self, embeddings, labels=None, margin=None):
         """Logits `[B, classes]`; `margin` (a scalar, may be a tensor) replaces `self.margin` for
-        this call: the trainer's margin warm-up (`model.arcface_margin_warmup_epochs`)."""
+        this call: the trainer's margin warm-up (`model.arcface_margin_warmup_fraction`)."""
         cosine = self.cosine(embeddings)
         if labels is None:
             return self.scale * cosine

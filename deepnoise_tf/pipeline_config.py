@@ -6,9 +6,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import pathlib
 
 from deepnoise_tf import config as config_lib
-from deepnoise_tf import constants, postprocess
+from deepnoise_tf import config_renames, constants, postprocess
 from deepnoise_tf import workdir as workdir_lib
 
 CONFIG_FILE = "pipeline_config.json"
@@ -74,9 +75,11 @@ def member_config(config, backbone: str, round_index: int):
     Round 0 trains `pipeline.train_epochs` (0 = `train.epochs`). Later rounds start from the previous
     round's checkpoint, whose optimizer state (step counter included) comes with it, so the
     schedules continue; they train `pipeline.retrain_epochs` at the constant
-    `pipeline.retrain_learning_rate` (0 = the continued `train` schedule).
+    `pipeline.retrain_learning_rate` (0 = the continued `train` schedule). Every round keeps the
+    shared config's schedule length (`train.schedule_epochs`): its schedules sit at the same
+    epochs whatever the round's own `train.epochs`.
     """
-    from deepnoise_tf import models  # keras, as validate; config_lib.validate imports it anyway
+    from deepnoise_tf import models, schedules  # keras, as validate (which imports them anyway)
 
     pipeline = config.pipeline
     result = copy.deepcopy(config)
@@ -85,13 +88,14 @@ def member_config(config, backbone: str, round_index: int):
         result.model.backbone = backbone
         if backbone not in models.IMAGENET_BACKBONES:
             result.model.imagenet_weights = ""  # Xception-Wide trains from scratch (method.md §4)
+        result.train.schedule_epochs = schedules.run_schedule(config).length
         if round_index == 0:
             result.train.epochs = int(pipeline.train_epochs or config.train.epochs)
         else:
             result.train.epochs = int(pipeline.retrain_epochs or config.train.epochs)
             if pipeline.retrain_learning_rate:
                 result.train.learning_rates = (float(pipeline.retrain_learning_rate),)
-                result.train.lr_epoch_boundaries = ()
+                result.train.lr_boundary_fractions = ()
     return config_lib.validate(result)
 
 
@@ -112,6 +116,13 @@ def finetune_settings_key(config) -> str:
 def check_run_config(config, workdir) -> None:
     """Refuses to continue a workdir made with another config (finished stages would be stale);
     records the config otherwise. Only `EXTENDABLE_FIELDS` may change between runs."""
+    stored = pathlib.Path(workdir) / CONFIG_FILE
+    renamed = (
+        config_renames.renamed_fields_in(workdir_lib.read_json(stored)) if stored.is_file() else {}
+    )
+    if renamed:
+        message = config_renames.renamed_field_message(next(iter(renamed)))
+        raise ValueError(f"{stored} was written before a rename ({message}); use a new --workdir")
     drift = workdir_lib.config_drift(workdir, config, name=CONFIG_FILE, allowed=EXTENDABLE_FIELDS)
     if drift:
         raise ValueError(

@@ -1,4 +1,4 @@
-"""Charts: training curves (paper, Fig. 5), accuracy per cell type, the ablation bars (Fig. 3A/3B).
+"""Charts: training curves (paper, Fig. 5), accuracy per cell type, the Fig. 3A/3B bars (with intervals).
 
 Every function draws from tables the other modules compute and writes one PNG; matplotlib runs on
 the file-only Agg backend (training machines have no display).
@@ -139,5 +139,47 @@ def plot_ablation_figure(
     axis.set_yticks(range(0, 101, 20))
     axis.set_title(title)
     axis.legend(fontsize=8, loc="upper left", ncol=3)
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
+FLOOR_STYLES = {"linear_floor": ("#c0392b", "--"), "feature_baseline": ("#8e44ad", ":")}
+
+
+def plot_interval_figure(summary: pd.DataFrame, steps, labels, path, title: str) -> pathlib.Path:
+    """Bars of each step's mean over seeds with its interval as error bars; floors as lines and bands.
+
+    `summary` has `step`, `mean`, `low`, `high` (fractions; `ablation_statistics.bootstrap_interval`).
+    Floors (`FLOOR_STYLES`) in `summary` are drawn as a horizontal line at their mean with their
+    interval shaded. Missing steps leave an empty slot.
+    """
+    pyplot = import_pyplot()
+    indexed = summary.set_index("step")
+    rows = indexed.reindex(list(steps))
+    mean = 100 * rows["mean"].to_numpy(dtype=float)
+    low, high = 100 * rows["low"].to_numpy(dtype=float), 100 * rows["high"].to_numpy(dtype=float)
+    figure, axis = pyplot.subplots(figsize=(1.3 * len(steps) + 2.5, 4.2))
+    positions = np.arange(len(steps))
+    axis.bar(
+        positions, np.nan_to_num(mean), 0.6, color="#3a7dc9", label="mean over seeds", zorder=2
+    )
+    axis.errorbar(positions, mean, yerr=[mean - low, high - mean], fmt="none", ecolor="black",
+                  capsize=4, linewidth=1.2, label="95% bootstrap interval", zorder=3)  # fmt: skip
+    for position, value, top in zip(positions, mean, high, strict=True):
+        if not np.isnan(value):  # above the error bar, so the two never overlap
+            axis.text(position, top + 1.5, f"{value:.1f}", ha="center", va="bottom", fontsize=8)
+    for name, (color, linestyle) in FLOOR_STYLES.items():
+        if name not in indexed.index:
+            continue
+        floor = 100 * indexed.loc[name, ["mean", "low", "high"]].to_numpy(dtype=float)
+        axis.axhline(floor[0], color=color, linestyle=linestyle, linewidth=1.2, zorder=4,
+                     label=f"{name.replace('_', ' ')} ({floor[0]:.1f})")  # fmt: skip
+        axis.axhspan(floor[1], floor[2], color=color, alpha=0.12, linewidth=0, zorder=0)
+    axis.set_xticks(positions, labels)
+    axis.set_ylabel("treatment-well accuracy (%)")
+    axis.set_ylim(0, 125)  # room above the 100 % bars for the legend
+    axis.set_yticks(range(0, 101, 20))
+    axis.set_title(title)
+    axis.legend(fontsize=8, loc="upper left", ncol=2)
     figure.tight_layout()
     return save_figure(figure, path)

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import pathlib
 
+from deepnoise_tf import config_renames
 from deepnoise_tf import workdir as workdir_lib
 
 FIT_FINISHED_FILE = "fit_finished.json"
@@ -62,8 +63,25 @@ def damage(path) -> str | None:
     return None
 
 
+def refuse_renamed_fields(folder) -> None:
+    """Raises when `folder`'s config.json holds a field renamed since (`config_renames`): its
+    schedules were absolute epochs, which the run cannot continue under the new names."""
+    path = pathlib.Path(folder) / workdir_lib.CONFIG_FILE
+    if not path.is_file():
+        return
+    stored = workdir_lib.read_json(path)  # invalid JSON: its own message, naming the file
+    try:
+        config_renames.refuse_renamed_fields(stored)
+    except ValueError as error:
+        raise RunFolderError(
+            f"{path} was written before a rename: {error}. This run folder cannot be resumed: "
+            f"use another --workdir, or delete {folder} to start over."
+        ) from error
+
+
 def refuse_config_drift(folder, config) -> None:
     """Raises (before anything is written) when `folder` was trained with another config."""
+    refuse_renamed_fields(folder)
     drift = workdir_lib.config_drift(folder, config, allowed=RESUMABLE_CHANGES)
     if drift:
         path = pathlib.Path(folder) / workdir_lib.CONFIG_FILE

@@ -6,12 +6,135 @@ Epoch convention, everywhere in this module: `epoch` is the 0-based index of the
 (0 during the first epoch, as in Keras callbacks), and may be fractional (step / steps_per_epoch)
 for schedules that change within an epoch. Functions accept Python numbers or tensors and return
 float32 tensors, so they run inside a `tf.function` with the optimizer's step counter.
+
+The config states every schedule as fractions of the schedule length (issue 17), so that
+`--config.train.epochs=96` moves the learning-rate steps with it; `run_schedule` is the one place
+that turns them into the absolute epochs the functions and classes here take.
 """
 
+import dataclasses
 import math
 
 import keras
 import tensorflow as tf
+
+from deepnoise_tf import config_renames
+
+# Within this of a whole epoch, fraction x length is that whole epoch (binary floats: 1/49 x 49).
+_WHOLE_EPOCH_TOLERANCE = 1e-9
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSchedule:
+    """The schedules of one run in absolute epochs (0-based epoch indices, as in this module).
+
+    Attributes:
+      length: the epochs the config's fractions refer to (`train.schedule_epochs`, else
+        `train.epochs`).
+      lr_boundaries: epochs where the next learning rate starts (`PiecewiseEpochLR`).
+      arcface_margin_warmup_epochs: the ArcFace margin's linear warm-up (0 = full margin).
+      rampup_epochs: the consistency weight's sigmoid ramp-up (`consistency_weight`).
+      consistency_start_epoch: labelled-only training before it (paper, Discussion).
+      ema_boundaries: last 1-based epochs of each teacher EMA decay (`ema_decay`'s `last_epochs`).
+    """
+
+    length: int
+    lr_boundaries: tuple[int, ...]
+    arcface_margin_warmup_epochs: float
+    rampup_epochs: float
+    consistency_start_epoch: float
+    ema_boundaries: tuple[int, ...]
+
+
+def _epochs(fraction, length: int) -> float:
+    """fraction x length as a float epoch count, snapped to the whole epoch it is within 1e-9 of."""
+    epochs = float(fraction) * length
+    whole = round(epochs)
+    return float(whole) if abs(epochs - whole) < _WHOLE_EPOCH_TOLERANCE else epochs
+
+
+def _boundary(fraction, length: int) -> int:
+    """fraction x length rounded to the nearest whole epoch, halves up (a boundary is an epoch)."""
+    return math.floor(_epochs(fraction, length) + 0.5)
+
+
+def run_schedule(config) -> RunSchedule:
+    """The absolute epochs of `config`'s schedules: the one place fractions become epochs.
+
+    Rule: length L = `train.schedule_epochs`, else `train.epochs`. Boundaries (learning rate, EMA
+    decay) are epoch indices: round(f x L), halves up. Ramp lengths and the consistency start may
+    fall within an epoch: f x L as a float, snapped to a whole epoch within 1e-9. So fractions
+    written as k / L give back exactly k at length L (the shipped configs' fractions are the
+    epochs of the paper and of `cpu_scale` over their `train.epochs`).
+
+    Raises:
+      ValueError: the config still holds a renamed field (e.g. a run folder's old config.json).
+    """
+    config_renames.refuse_renamed_fields(config)
+    length = int(config.train.get("schedule_epochs", 0) or config.train.epochs)
+    mean_teacher = config.mean_teacher
+    return RunSchedule(
+        length=length,
+        lr_boundaries=tuple(_boundary(f, length) for f in config.train.lr_boundary_fractions),
+        arcface_margin_warmup_epochs=_epochs(
+            config.model.get("arcface_margin_warmup_fraction", 0.0), length
+        ),
+        rampup_epochs=_epochs(mean_teacher.rampup_fraction, length),
+        consistency_start_epoch=_epochs(
+            mean_teacher.get("consistency_start_fraction", 0.0), length
+        ),
+        ema_boundaries=tuple(_boundary(f, length) for f in mean_teacher.ema_boundary_fractions),
+    )
+
+
+def _check_fractions(field: str, values, *, increasing: bool) -> None:
+    for value in values:
+        if not 0.0 <= value <= 1.0:  # also catches NaN
+            raise ValueError(f"config.{field}={value} must be a fraction in [0, 1]")
+    if increasing and any(b <= a for a, b in zip(values[:-1], values[1:], strict=True)):
+        raise ValueError(f"config.{field}={tuple(values)} must be strictly increasing")
+
+
+def validate_schedule_fields(config) -> None:
+    """Checks the schedule fields (`config.validate` calls it); raises ValueError naming the field.
+
+    A renamed field (issue 17) is named with its replacement; fractions lie in [0, 1], boundaries
+    strictly increase, and every boundary list has one value fewer than the values it switches.
+    """
+    config_renames.refuse_renamed_fields(config)
+    train, mean_teacher = config.train, config.mean_teacher
+    schedule_epochs = train.get("schedule_epochs", 0)
+    if not (isinstance(schedule_epochs, int) and schedule_epochs >= 0):
+        raise ValueError(
+            f"config.train.schedule_epochs={schedule_epochs!r} must be a whole number >= 0 "
+            "(0 = train.epochs)"
+        )
+    scalars = {
+        "model.arcface_margin_warmup_fraction": config.model.get(
+            "arcface_margin_warmup_fraction", 0.0
+        ),
+        "mean_teacher.rampup_fraction": mean_teacher.rampup_fraction,
+        "mean_teacher.consistency_start_fraction": mean_teacher.get(
+            "consistency_start_fraction", 0.0
+        ),
+    }
+    for field, value in scalars.items():
+        _check_fractions(field, (value,), increasing=False)
+    boundaries = {
+        "train.lr_boundary_fractions": (train.lr_boundary_fractions, "train.learning_rates"),
+        "mean_teacher.ema_boundary_fractions": (
+            mean_teacher.ema_boundary_fractions,
+            "mean_teacher.ema_decays",
+        ),
+    }
+    for field, (fractions, values_field) in boundaries.items():
+        _check_fractions(field, tuple(fractions), increasing=True)
+        section, name = values_field.split(".")
+        if len(config[section][name]) != len(fractions) + 1:
+            raise ValueError(
+                f"config.{values_field} needs one more value than config.{field} "
+                f"(got {len(config[section][name])} and {len(fractions)})"
+            )
 
 
 def _float(value):

@@ -34,11 +34,14 @@ from deepnoise_tf import constants
 from deepnoise_tf.synthetic_design import (
     CANONICAL_POSITIVE_CONTROL_WELLS,
     DEFAULT_PARAMETERS,
+    EFFECT_PARAMETERS,
     MAX_POSITIVE_CONTROLS,
     NEGATIVE_CONTROL_WELL,
     PRESETS,
     design,
     plate_layout,
+    preset_names,
+    preset_seed,
     resolve_parameters,
     sirna_group,
     sirna_name,
@@ -61,6 +64,8 @@ __all__ = [
     "main",
     "plate_layout",
     "prepare_tfds",
+    "preset_names",
+    "preset_seed",
     "resolve_parameters",
     "sirna_group",
     "sirna_name",
@@ -105,7 +110,7 @@ def write_dataset(
     *,
     layout: str = "release",
     preset: str | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     pixel_stats: bool = False,
     plate_group_order=None,
     **overrides,
@@ -116,8 +121,9 @@ def write_dataset(
       root: output folder (created; existing files of the same names are overwritten).
       layout: "release" (images/ + metadata.csv with real test labels) or "kaggle" (train/ test/ and
         the four competition CSVs; test treatments unlabelled).
-      preset: a name in PRESETS, or None for the defaults.
-      seed: everything is a deterministic function of the parameters and the seed.
+      preset: a name of `preset_names()` (PRESETS or the seeded family), or None for the defaults.
+      seed: everything is a deterministic function of the parameters and the seed; None = the
+        preset's own (`synthetic_design.preset_seed`: a family design's seed, else 0).
       pixel_stats: also write the Kaggle-style `pixel_stats.csv` (per image and channel).
       plate_group_order: the order the siRNA groups follow over the plates (`design`); default the
         RxRx1 order.
@@ -130,6 +136,7 @@ def write_dataset(
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     parameters = resolve_parameters(preset, **overrides)
+    seed = preset_seed(preset) if seed is None else seed
     root = pathlib.Path(root)
     root.mkdir(parents=True, exist_ok=True)
     sites = design(parameters, seed, plate_group_order)
@@ -170,12 +177,13 @@ def write_dataset(
 
 
 def _source_record(preset: str, layout: str, seed: int) -> dict:
-    return {
-        "preset": preset,
-        "layout": layout,
-        "seed": seed,
-        "parameters": resolve_parameters(preset),
+    # Parameters added later are left out at their defaults, so folders written before still match.
+    parameters = {
+        name: value
+        for name, value in resolve_parameters(preset).items()
+        if name not in EFFECT_PARAMETERS or value != DEFAULT_PARAMETERS[name]
     }
+    return {"preset": preset, "layout": layout, "seed": seed, "parameters": parameters}
 
 
 def prepare_tfds(
@@ -184,18 +192,20 @@ def prepare_tfds(
     preset: str = "quickstart",
     builder_config: str = "native",
     layout: str = "release",
-    seed: int = 0,
+    seed: int | None = None,
 ) -> str:
     """Makes the synthetic data set loadable with `tfds.load(name, data_dir=data_dir)`; returns name.
 
     Idempotent: PNGs are written once under `data_dir/manual/<preset>`, and the TFDS build runs only when
     no complete version exists. A data_dir holds one synthetic source: asking for another preset, layout
-    or seed in the same folder fails instead of silently returning the old one.
+    or seed in the same folder fails instead of silently returning the old one. `preset` is any name of
+    `preset_names()`; `seed` None renders with the preset's own seed (a family design's, else 0).
     """
     import tensorflow_datasets as tfds
 
     import tfds_rxrx1  # noqa: F401  (registers the rxrx1 builder)
 
+    seed = preset_seed(preset) if seed is None else seed
     data_dir = pathlib.Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     record = json.loads(json.dumps(_source_record(preset, layout, seed)))
@@ -233,8 +243,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", required=True, help="folder to write the data set into")
     parser.add_argument("--layout", choices=LAYOUTS, default="release")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="quickstart")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", choices=preset_names(), default="quickstart")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="default: the preset's own (family seed, else 0)"
+    )
     parser.add_argument("--pixel-stats", action="store_true", help="also write pixel_stats.csv")
     arguments = parser.parse_args(argv)
     start = time.perf_counter()

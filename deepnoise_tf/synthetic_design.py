@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from deepnoise_tf import constants
+from deepnoise_tf import constants, synthetic_effects
 
 # Canonical positive-control slots of a real RxRx1 plate: rows C, F, H, J, M x columns 03, 07, 11, 15, 19, 22.
 CANONICAL_POSITIVE_CONTROL_WELLS = tuple(
@@ -29,6 +29,8 @@ DEFAULT_PARAMETERS = {
     "positive_controls": 4,  # 30 on the real plates
     "sites": constants.SITES_PER_WELL,
     "image_size": 32,
+    # False: a plate's wells are the first ones in grid order (row B); True: spread over the plate.
+    "spread_wells": False,
     # Cells (sizes are fractions of the image side so every resolution looks alike).
     "cells_per_site": 24.0,
     "cell_sigma": 0.035,
@@ -37,6 +39,13 @@ DEFAULT_PARAMETERS = {
     "size_effect": 0.22,
     "elongation_effect": 0.35,
     "count_effect": 0.25,
+    # Kinds that are off unless set (synthetic_images): granules inside the cells and signal moved
+    # from one channel to another; cell-type specificity in [0, 1] of every kind's effect; Dirichlet
+    # concentration of each siRNA's mix of kinds (0: every siRNA shows every kind).
+    "texture_effect": 0.0,
+    "localisation_effect": 0.0,
+    "cell_type_specificity": 0.0,
+    "phenotype_mix_concentration": 0.0,
     # Biological variation of single cells.
     "cell_brightness_noise": 0.25,
     "cell_size_noise": 0.12,
@@ -51,6 +60,13 @@ DEFAULT_PARAMETERS = {
     "pixel_noise": 1.5,
     "background": 20.0,
     "signal_scale": 40.0,
+    # Technical noise that plate normalization does not invert (synthetic_effects); 0 = off.
+    "illumination_strength": 0.0,
+    "focus_blur": 0.0,
+    "plate_background": 0.0,
+    "gamma_spread": 0.0,
+    "well_density": 0.0,
+    "edge_effect": 0.0,
     # PNG zlib level: 1 writes fast; files are a bit larger.
     "png_compress_level": 1,
 }
@@ -126,12 +142,44 @@ def well_names() -> tuple[str, ...]:
     )
 
 
+# Parameters added after the hand-tuned presets; recorded with a data set only when not at their default.
+EFFECT_PARAMETERS = (
+    "spread_wells",
+    "texture_effect",
+    "localisation_effect",
+    "cell_type_specificity",
+    "phenotype_mix_concentration",
+    *synthetic_effects.TECHNICAL_PARAMETERS,
+)
+
+
+def preset_names() -> tuple[str, ...]:
+    """Every name `resolve_parameters` accepts: the hand-tuned PRESETS, then the seeded family."""
+    from deepnoise_tf import synthetic_family  # imports this module
+
+    return (*sorted(PRESETS), *synthetic_family.NAMES)
+
+
+def preset_seed(preset: str | None) -> int:
+    """The data seed a preset is rendered with by default: the family seed of a family name, else 0."""
+    from deepnoise_tf import synthetic_family
+
+    return synthetic_family.seed_of(preset) if preset in synthetic_family.NAMES else 0
+
+
 def resolve_parameters(preset: str | None = None, **overrides) -> dict:
-    """Defaults, then the preset, then the overrides; unknown names and impossible designs fail loudly."""
+    """Defaults, then the preset, then the overrides; unknown names and impossible designs fail loudly.
+
+    `preset` is a name of PRESETS or of the seeded family (`synthetic_family.NAMES`).
+    """
+    from deepnoise_tf import synthetic_family
+
     parameters = dict(DEFAULT_PARAMETERS)
-    if preset is not None:
+    if preset in synthetic_family.NAMES:
+        parameters.update(synthetic_family.parameters_for(preset))
+    elif preset is not None:
         if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+            raise ValueError(f"unknown preset {preset!r}; choose one of {list(preset_names())}")
         parameters.update(PRESETS[preset])
     unknown = sorted(set(overrides) - set(DEFAULT_PARAMETERS))
     if unknown:
@@ -152,6 +200,13 @@ def resolve_parameters(preset: str | None = None, **overrides) -> dict:
         raise ValueError("need at least one site and images of at least 8 pixels")
     if parameters["train_experiments"] + parameters["test_experiments"] < 1:
         raise ValueError("need at least one experiment per cell type")
+    if not 0.0 <= parameters["cell_type_specificity"] <= 1.0:
+        raise ValueError("cell_type_specificity must be in [0, 1]")
+    negative = [name for name in EFFECT_PARAMETERS[1:] if parameters[name] < 0]
+    if negative or parameters["illumination_strength"] >= 1.0:
+        raise ValueError(
+            f"{negative or 'illumination_strength'}: effects are >= 0 (illumination < 1)"
+        )
     return parameters
 
 
@@ -167,13 +222,27 @@ def sirna_name(sirna: int) -> str:
     return f"s{10007 + 7919 * sirna % 989993:06d}"
 
 
+def _spread_wells(positive_wells: list[str], treatments: int) -> list[str]:
+    """B02, the positive-control slots and `treatments` wells evenly spaced over the rest of the plate.
+
+    Spread wells sample the plate's edge and centre alike, so well-position effects
+    (`synthetic_effects.edge_distance`) reach some treatments and not others, as on a full plate.
+    """
+    taken = {NEGATIVE_CONTROL_WELL, *positive_wells}
+    rest = [well for well in well_names() if well not in taken]
+    chosen = {rest[int(i)] for i in np.linspace(0, len(rest) - 1, treatments).round()}
+    return [well for well in well_names() if well in taken or well in chosen]
+
+
 def plate_layout(parameters: dict, rng: np.random.Generator, group: int) -> pd.DataFrame:
     """One plate's wells: the negative control at B02, positive controls, the group's siRNAs shuffled."""
     per_group = parameters["sirnas_per_group"]
     positive = parameters["positive_controls"]
     wells = list(well_names()[: 1 + positive + per_group])
-    free = [well for well in wells if well != NEGATIVE_CONTROL_WELL]
     canonical = list(CANONICAL_POSITIVE_CONTROL_WELLS[:positive])
+    if parameters.get("spread_wells", False):
+        wells = _spread_wells(canonical, per_group)
+    free = [well for well in wells if well != NEGATIVE_CONTROL_WELL]
     # The real slots when the plate reaches them, else the first free wells.
     positive_wells = canonical if set(canonical) <= set(free) else free[:positive]
     treatment_wells = [well for well in free if well not in positive_wells]

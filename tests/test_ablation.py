@@ -17,11 +17,13 @@ import tensorflow_datasets as tfds
 
 from deepnoise_tf import (
     ablation,
+    ablation_cache,
     ablation_steps,
     baselines,
     constants,
     evaluation,
     scales,
+    schedules,
     synthetic,
 )
 from deepnoise_tf import config as config_lib
@@ -162,13 +164,15 @@ def test_steps_differ_only_where_the_paper_ablation_says():
         assert all(config[section][field] == value for config in configs.values())
     morphology = ablation_steps.step_config(ablation_steps.STEPS[3], scale="cpu_morphology")
     assert differing_fields(morphology, ablation_steps.step_config(ablation_steps.STEPS[3], scale="cpu")) == {
-        "data.synthetic_preset", "train.epochs", "train.learning_rates", "train.lr_epoch_boundaries",
-        "model.arcface_margin_warmup_epochs", "mean_teacher.consistency_start_epoch",
+        "data.synthetic_preset", "train.epochs", "train.learning_rates",
+        "model.arcface_margin_warmup_fraction", "mean_teacher.consistency_start_fraction",
+        "mean_teacher.rampup_fraction", "mean_teacher.ema_boundary_fractions",
     }  # fmt: skip
     assert morphology.data.synthetic_preset == "ablation_morphology"
-    assert max(morphology.train.lr_epoch_boundaries) < morphology.train.epochs == 64
-    assert 0 < morphology.model.arcface_margin_warmup_epochs < morphology.train.epochs
-    assert morphology.mean_teacher.consistency_start_epoch == 32.0  # docs/ablation.md's runs
+    schedule = schedules.run_schedule(morphology)
+    assert max(schedule.lr_boundaries) < morphology.train.epochs == 64
+    assert 0 < schedule.arcface_margin_warmup_epochs < morphology.train.epochs
+    assert schedule.consistency_start_epoch == 32.0  # docs/ablation.md's runs
     cpu_rates = ablation_steps.step_config(
         ablation_steps.STEPS[3], scale="cpu"
     ).train.learning_rates
@@ -178,7 +182,7 @@ def test_steps_differ_only_where_the_paper_ablation_says():
     paper = ablation_steps.step_config(ablation_steps.STEPS[3], scale="paper")
     assert paper.data.image_size == constants.IMAGE_SIZE and paper.train.epochs == 160
     # The paper's labelled-only phase: a quarter of the 160 epochs (docs/fidelity.md).
-    assert paper.mean_teacher.consistency_start_epoch == 40.0
+    assert schedules.run_schedule(paper).consistency_start_epoch == 40.0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -230,10 +234,11 @@ class StandIns:
         (workdir / "config.json").write_text(config_lib.to_json(config))
         workdir_lib.mark_done(workdir, {"epochs": config.train.epochs})  # training.run's last write
 
-    def evaluator(self, config, workdir):
+    def evaluator(self, config, workdir, report_split):
         name = pathlib.Path(workdir).name
         self.evaluated.append(name)
         assert tuple(config.data.val_experiments) == VAL_EXPERIMENTS
+        assert report_split == "val"  # the single ablation reports on the validation wells
         return self.wells, crafted_logits(self.wells, name)
 
 
@@ -258,7 +263,7 @@ def test_table_schema_order_and_accuracies_match_numpy(stand_in_run):
     workdir, stand_ins, _, table = stand_in_run
     written = pd.read_csv(workdir / ablation_steps.TABLE_FILE)
     assert written.columns[0] == "step" and written.columns[-1] == "accuracy"
-    assert list(written["step"]) == list(ablation_steps.STEP_NAMES)
+    assert list(written["step"]) == list(ablation_steps.DEFAULT_STEPS)
     assert stand_ins.trained == [step.name for step in ablation_steps.STEPS if step.trains]
 
     wells = stand_ins.wells
@@ -308,7 +313,7 @@ def test_rerun_skips_finished_steps_and_redoes_only_what_is_missing(stand_in_run
     pd.testing.assert_frame_equal(again, first)
 
     # Trained, evaluation unmarked (its logits may be half written): evaluate only.
-    (workdir / "arcface" / ablation_steps.EVALUATION_FOLDER / workdir_lib.DONE_FILE).unlink()
+    (workdir / "arcface" / ablation_cache.EVALUATION_FOLDER / workdir_lib.DONE_FILE).unlink()
     run(steps=("arcface",))
     assert stand_ins.trained == [] and stand_ins.evaluated == ["arcface"]
 
@@ -322,7 +327,7 @@ def test_rerun_skips_finished_steps_and_redoes_only_what_is_missing(stand_in_run
     assert stand_ins.trained == ["norm_experiment"]
     assert "norm_plate was trained with train.epochs: 1 -> 2" in capsys.readouterr().out
     (workdir / "norm_plate" / workdir_lib.DONE_FILE).unlink()  # training not finished
-    (workdir / "norm_plate" / ablation_steps.EVALUATION_FOLDER / workdir_lib.DONE_FILE).unlink()
+    (workdir / "norm_plate" / ablation_cache.EVALUATION_FOLDER / workdir_lib.DONE_FILE).unlink()
     with pytest.raises(ValueError, match="train.epochs: 1 -> 2"):
         run(steps=("norm_plate",), overrides=two_epochs)
 
@@ -349,7 +354,7 @@ def test_command_line_trains_a_real_step_and_resumes_without_retraining(
     config = json.loads((step / "config.json").read_text())
     assert config["data"]["normalization"] == "plate" and config["model"]["head"] == "softmax"
     assert workdir_lib.read_done(step) is not None
-    assert workdir_lib.read_done(step / ablation_steps.EVALUATION_FOLDER)["wells"] > 0
+    assert workdir_lib.read_done(step / ablation_cache.EVALUATION_FOLDER)["wells"] > 0
     assert (step / "report" / "training_curves.png").is_file()
     assert (step / "report" / "metrics_summary.csv").is_file()
     assert "norm_plate" in capsys.readouterr().out

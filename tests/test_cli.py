@@ -235,6 +235,32 @@ def test_configure_filters_only_the_known_messages(monkeypatch):
     assert absl.filter(absl.makeRecord("absl", logging.WARNING, "f", 1, "other", (), None))
 
 
+@pytest.mark.parametrize(
+    "line, noise",
+    [
+        (
+            "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n",
+            True,
+        ),
+        (
+            "I0000 00:00:1796513247.164177    8124 port.cc:153] oneDNN custom operations are on.\n",
+            True,
+        ),
+        (
+            "I1205 23:25:56.779890 6542 cpu_feature_guard.cc:227] This TensorFlow binary is optimized\n",
+            True,
+        ),
+        ("W0000 00:00:1796513247.164177    8124 port.cc:153] a C++ warning\n", False),
+        ("E0000 00:00:1796513247.164177    8124 cuda_dnn.cc:8] an error\n", False),
+        ("Information: I0000 is not at the start of this line\n", False),
+        ("Traceback (most recent call last):\n", False),
+    ],
+)
+def test_only_cpp_info_records_and_the_absl_preamble_are_import_noise(line, noise):
+    """What the captured `import tensorflow` drops: level-1 semantics (INFO) and absl's preamble."""
+    assert quiet._is_import_noise(line) is noise
+
+
 # ------------------------------------------------------------------------------------------------
 # 3. predict and embed check before they work
 

@@ -36,6 +36,8 @@ def test_every_shipped_config_loads_and_validates(name, variant):
 
 
 def test_paper_configs_differ_only_where_the_ablation_says():
+    from deepnoise_tf import schedules
+
     model1 = config_lib.load(str(CONFIGS / "model1_softmax.py"))
     model2 = config_lib.load(str(CONFIGS / "model2_arcface.py"))
     model3 = config_lib.load(str(CONFIGS / "model3_mean_teacher.py"))
@@ -53,7 +55,7 @@ def test_paper_configs_differ_only_where_the_ablation_says():
         3e-4,
         1e-4,
         1e-5,
-    ) and model3.train.lr_epoch_boundaries == (100, 140)
+    ) and schedules.run_schedule(model3).lr_boundaries == (100, 140)
     assert model3.train.weight_decay == 2e-4
     assert model3.model.arcface_scale == 30.0 and model3.model.arcface_margin == 0.1
 
@@ -225,8 +227,9 @@ def test_help_explains_overrides(capsys):
         ("model.head", "cosface"),
         ("train.strategy", "tpu"),
         ("data.cell_types", "('A549',)"),
-        ("model.arcface_margin_warmup_epochs", "-1.0"),
-        ("mean_teacher.consistency_start_epoch", "-2.0"),
+        ("model.arcface_margin_warmup_fraction", "-1.0"),
+        ("mean_teacher.consistency_start_fraction", "-2.0"),
+        ("mean_teacher.rampup_fraction", "1.5"),
         ("model.backbone", "resnet50"),
         ("model.stem", "5x5"),
     ],
@@ -251,6 +254,8 @@ def test_backbone_and_stem_choices_come_from_the_models_module():
 
 
 def test_ablation_scales_set_their_fields_on_the_cpu_configs():
+    from deepnoise_tf import schedules
+
     assert scales.ABLATION_SCALES == ("cpu", "cpu_morphology", "paper")
     cpu = config_lib.load(str(CONFIGS / "model2_arcface.py") + ":cpu")
     scaled = scales.apply_ablation_scale(
@@ -262,10 +267,11 @@ def test_ablation_scales_set_their_fields_on_the_cpu_configs():
     assert config_lib.to_json(scales.apply_ablation_scale(scaled, "cpu")) == once
     morphology = scales.apply_ablation_scale(cpu, "cpu_morphology")
     assert morphology.data.synthetic_preset == "ablation_morphology"
-    assert morphology.train.epochs == 64 and morphology.train.lr_epoch_boundaries == (48, 58)
+    schedule = schedules.run_schedule(morphology)
+    assert morphology.train.epochs == 64 and schedule.lr_boundaries == (48, 58)
     assert morphology.train.learning_rates == (1e-3, 3.3e-4, 3.3e-5)
-    assert morphology.model.arcface_margin_warmup_epochs == 16.0
-    assert morphology.mean_teacher.consistency_start_epoch == 32.0
+    assert schedule.arcface_margin_warmup_epochs == 16.0
+    assert schedule.consistency_start_epoch == 32.0
     paper = config_lib.load(str(CONFIGS / "model2_arcface.py"))
     assert config_lib.to_json(scales.apply_ablation_scale(paper, "paper")) == config_lib.to_json(
         config_lib.load(str(CONFIGS / "model2_arcface.py"))
@@ -285,24 +291,25 @@ def test_unknown_ablation_scale_lists_the_valid_ones():
     "name, field, value, attribute, expected",
     [
         # one override for every ablation step: softmax heads have no margin to warm up
+        # fractions of the :cpu variant's 32 epochs: 3 / 32 = 0.09375, 2.5 / 32 = 0.078125
         (
             "model1_softmax",
-            "model.arcface_margin_warmup_epochs",
-            "3.0",
+            "model.arcface_margin_warmup_fraction",
+            "0.09375",
             "margin_warmup_epochs",
             0.0,
         ),
         (
             "model2_arcface",
-            "model.arcface_margin_warmup_epochs",
-            "3.0",
+            "model.arcface_margin_warmup_fraction",
+            "0.09375",
             "margin_warmup_epochs",
             3.0,
         ),
         (
             "model3_mean_teacher",
-            "mean_teacher.consistency_start_epoch",
-            "2.5",
+            "mean_teacher.consistency_start_fraction",
+            "0.078125",
             "consistency_start_epoch",
             2.5,
         ),

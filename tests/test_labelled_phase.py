@@ -13,31 +13,31 @@ def test_paper_and_cpu_scale_start_the_consistency_after_a_quarter_of_the_schedu
     paper = config_lib.load(f"configs/{name}")
     cpu = config_lib.load(f"configs/{name}:cpu")
     for config in (paper, cpu):
-        start = config.mean_teacher.consistency_start_epoch
+        schedule = schedules.run_schedule(config)
+        start = schedule.consistency_start_epoch
         assert start == config.train.epochs / 4 > 0
-        assert start < config.train.lr_epoch_boundaries[0]  # consistency on at the first lr
+        assert start < schedule.lr_boundaries[0]  # consistency on at the first lr
     assert (
-        paper.mean_teacher.consistency_start_epoch,
-        cpu.mean_teacher.consistency_start_epoch,
-    ) == (
-        40.0,
-        8.0,
-    )
-    assert config_lib.default_config().mean_teacher.consistency_start_epoch == 40.0
+        schedules.run_schedule(paper).consistency_start_epoch,
+        schedules.run_schedule(cpu).consistency_start_epoch,
+    ) == (40.0, 8.0)
+    default = config_lib.default_config()
+    assert schedules.run_schedule(default).consistency_start_epoch == 40.0
 
 
 def test_ablation_scales_and_fine_tuning_keep_their_own_start():
     cpu = scales.apply_ablation_scale(config_lib.load("configs/model3_mean_teacher.py:cpu"), "cpu")
-    assert cpu.mean_teacher.consistency_start_epoch == 8.0  # cpu_scale's
+    assert schedules.run_schedule(cpu).consistency_start_epoch == 8.0  # cpu_scale's
     morphology = scales.apply_ablation_scale(
         config_lib.load("configs/model3_mean_teacher.py:cpu"), "cpu_morphology"
     )
-    assert morphology.mean_teacher.consistency_start_epoch == 32.0  # measured, docs/ablation.md
+    # measured, docs/ablation.md
+    assert schedules.run_schedule(morphology).consistency_start_epoch == 32.0
     # Fine-tuning starts from a pretrained teacher: consistency (ramped) from its first step.
     config = config_lib.load("configs/model3_mean_teacher.py")
     cell = finetuning.cell_type_config(config, "U2OS")
-    assert cell.mean_teacher.consistency_start_epoch == 0.0
-    assert config.mean_teacher.consistency_start_epoch == 40.0  # a copy
+    assert schedules.run_schedule(cell).consistency_start_epoch == 0.0
+    assert schedules.run_schedule(config).consistency_start_epoch == 40.0  # a copy
 
 
 def test_the_built_model_trains_on_labels_alone_before_the_start(tiny_data):

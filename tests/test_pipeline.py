@@ -488,7 +488,7 @@ def test_member_configs_per_round():
     assert later.train.epochs == config.pipeline.retrain_epochs
     assert (
         later.train.learning_rates == (config.pipeline.retrain_learning_rate,)
-        and later.train.lr_epoch_boundaries == ()
+        and later.train.lr_boundary_fractions == ()
     )
     assert config.model.backbone == "xception" and "pipeline" in config  # the input is left alone
 

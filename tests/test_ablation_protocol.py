@@ -1,0 +1,417 @@
+"""The ablation protocol: bootstrap statistics against brute force, the designs x seeds run, its tables.
+
+The statistics are checked against a loop written out by hand over the same draws, exact cases
+(constant vectors, identical predictions) and the coverage of a simulated Bernoulli vector. The run
+uses stand-in data preparation, trainer, evaluator and floors that hand back crafted logits on the
+tiny data set's test wells, so every number in the tables has a plain numpy reference.
+"""
+
+import pathlib
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow_datasets as tfds
+
+from deepnoise_tf import (
+    ablation,
+    ablation_cache,
+    ablation_protocol,
+    ablation_steps,
+    constants,
+    evaluation,
+    plots,
+    synthetic,
+)
+from deepnoise_tf import ablation_statistics as statistics
+from deepnoise_tf import config as config_lib
+from deepnoise_tf import workdir as workdir_lib
+
+# ------------------------------------------------------------------------------------------------
+# Statistics (pure numpy)
+
+
+def test_bootstrap_of_a_constant_vector_has_zero_width():
+    for value in (0.0, 1.0):
+        interval = statistics.bootstrap_interval(np.full((3, 40), value), samples=200)
+        assert (interval.mean, interval.low, interval.high) == (value, value, value)
+
+
+def test_paired_difference_of_identical_predictions_is_exactly_zero():
+    correct = np.random.default_rng(0).integers(0, 2, size=(3, 60))
+    difference = statistics.paired_difference(correct, correct.copy(), samples=300)
+    assert (difference.mean, difference.low, difference.high) == (0.0, 0.0, 0.0)
+    assert statistics.verdict(difference, strict=True) == "fails"
+    assert statistics.verdict(difference, strict=False) == "holds"  # a tie is "at least as good"
+
+
+def brute_force_statistics(matrix, samples, rng_seed, resample_seeds):
+    """The bootstrap written out draw by draw from the documented order of the draws."""
+    seeds, wells = matrix.shape
+    rng = np.random.default_rng(rng_seed)
+    well_draws = rng.integers(0, wells, size=(samples, wells))
+    seed_draws = (
+        rng.integers(0, seeds, size=(samples, seeds))
+        if resample_seeds
+        else np.tile(np.arange(seeds), (samples, 1))
+    )
+    values = []
+    for draw in range(samples):
+        per_seed = [np.mean([matrix[s, w] for w in well_draws[draw]]) for s in seed_draws[draw]]
+        values.append(np.mean(per_seed))
+    return np.array(values)
+
+
+@pytest.mark.parametrize("resample_seeds", [True, False])
+def test_interval_is_the_percentiles_of_a_brute_force_bootstrap(resample_seeds):
+    matrix = np.random.default_rng(1).integers(0, 2, size=(3, 25)).astype(float)
+    reference = brute_force_statistics(matrix, 150, 7, resample_seeds)
+    computed = statistics.bootstrap_statistics(
+        matrix, samples=150, rng_seed=7, resample_seeds=resample_seeds
+    )
+    np.testing.assert_allclose(computed, reference, atol=1e-12)
+    interval = statistics.bootstrap_interval(
+        matrix, samples=150, rng_seed=7, resample_seeds=resample_seeds
+    )
+    np.testing.assert_allclose(
+        [interval.low, interval.high], np.percentile(reference, [2.5, 97.5]), atol=1e-12
+    )
+    assert interval.mean == pytest.approx(matrix.mean(axis=1).mean())
+
+
+def test_interval_covers_the_true_accuracy_about_95_percent_of_the_time():
+    rng = np.random.default_rng(2)
+    truth, trials = 0.7, 300
+    covered = 0
+    for trial in range(trials):
+        correct = rng.random(200) < truth
+        interval = statistics.bootstrap_interval(correct, samples=400, rng_seed=trial)
+        covered += interval.low <= truth <= interval.high
+    assert 0.90 <= covered / trials <= 0.99  # binomial sd at 0.95: 0.013
+
+
+def test_resampling_seeds_widens_the_interval_when_seeds_disagree():
+    matrix = np.stack([np.ones(50), np.zeros(50)])  # one seed always right, the other never
+    wells_only = statistics.bootstrap_interval(matrix, samples=500, resample_seeds=False)
+    assert (wells_only.low, wells_only.high) == (0.5, 0.5)
+    both = statistics.bootstrap_interval(matrix, samples=500)
+    assert both.low == 0.0 and both.high == 1.0 and both.mean == 0.5
+
+
+def test_verdicts_on_constructed_intervals():
+    assert statistics.verdict(statistics.Interval(0.1, 0.02, 0.2)) == "holds clearly"
+    assert statistics.verdict(statistics.Interval(0.1, -0.02, 0.2)) == "holds"
+    assert statistics.verdict(statistics.Interval(0.0, -0.1, 0.1)) == "fails"
+    assert statistics.verdict(statistics.Interval(-0.1, -0.2, 0.05), strict=False) == "fails"
+
+
+def test_orderings_are_the_ablation_checks_plus_the_feature_baseline():
+    names = set(ablation_steps.STEP_NAMES)
+    assert all({o.better, o.worse} <= names for o in statistics.ORDERINGS)
+    pairs = {(o.group, o.better, o.worse) for o in statistics.ORDERINGS}
+    a = ablation_steps.FIGURE_3A
+    b = ablation_steps.FIGURE_3B
+    assert {("3A", a[i + 1], a[i]) for i in range(len(a) - 1)} <= pairs
+    assert {("3B", b[i + 1], b[i]) for i in range(len(b) - 1)} <= pairs
+    deep = names - set(ablation_steps.FLOOR_STEPS)
+    assert {o.better for o in statistics.ORDERINGS if o.group == "floor"} == deep
+    assert ("features", "ensemble", "feature_baseline") in pairs
+
+
+def constructed_wells():
+    """Two seeds, 40 wells: plate always right; experiment right on seed-dependent 3/4; cell type
+    right on half but on more than experiment on seed 1; arcface always wrong."""
+    rows = []
+    for seed in (0, 1):
+        for well in range(40):
+            outcome = {
+                "norm_plate": 1,
+                "norm_experiment": int(well % 4 != 0),
+                "norm_cell_type": int(well % 2 == 0) if seed == 0 else int(well % 8 != 0),
+                "arcface": 0,
+            }
+            for step, correct in outcome.items():
+                rows.append(("d", seed, step, f"w{well:02d}", "E-1", "HEPG2", 1, 1 - (1 - correct), correct))  # fmt: skip
+    return pd.DataFrame(rows, columns=list(ablation_protocol.WELL_COLUMNS))
+
+
+def test_summary_and_orderings_of_constructed_outcomes():
+    results = ablation_protocol.summarize(constructed_wells(), samples=500)
+    summary = results["summary"].set_index("step")
+    assert summary.loc["norm_plate", ["mean", "low", "high"]].tolist() == [1.0, 1.0, 1.0]
+    assert summary.loc["norm_experiment", "mean"] == 0.75
+    assert summary.loc["norm_cell_type", "mean"] == pytest.approx((0.5 + 0.875) / 2)
+    verdicts = results["orderings"].set_index("ordering")["verdict"]
+    assert verdicts["norm_plate > norm_experiment"] == "holds clearly"
+    # Seed 0 says experiment is better by 25 points, seed 1 says worse by 12.5: mean +6.25.
+    assert verdicts["norm_experiment > norm_cell_type"] == "holds"
+    assert verdicts["arcface >= norm_plate"] == "fails"
+    table = results["table"]
+    assert len(table) == 8 and (table["wells"] == 40).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# The run, with stand-ins
+
+VAL_EXPERIMENTS = ("HEPG2-02", "HUVEC-02")
+TINY_OVERRIDES = {
+    "data.val_experiments": repr(VAL_EXPERIMENTS),
+    "data.image_size": "16",
+    "model.width": "0.0625",
+    "train.epochs": "1",
+}
+FAMILY = {"development": ("dev_a", "dev_b"), "held_out": ("held_a", "held_b", "held_c")}
+SEEDS = (0, 1)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """(data_dir, builder, ground truth) of a tiny release-layout RxRx1 (test labels included)."""
+    import tfds_rxrx1  # noqa: F401
+
+    data_dir = tmp_path_factory.mktemp("protocol_data")
+    truth = synthetic.write_dataset(
+        data_dir / "manual", layout="release", preset="tiny", train_experiments=2
+    )
+    builder = tfds.builder("rxrx1/native", data_dir=str(data_dir))
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=str(data_dir / "manual"), try_download_gcs=False
+        )
+    )
+    return str(data_dir), "rxrx1/native", truth
+
+
+def labelled_test_wells(truth):
+    wells = truth[truth["dataset"] == "test"].drop_duplicates("id_code")
+    wells = wells.rename(columns={"sirna": "label"}).reset_index(drop=True)
+    return wells[list(evaluation.WELL_COLUMNS)]
+
+
+def crafted_logits(wells, design, seed, step):
+    """Noise plus a bonus for the truth on a share of the wells that grows along the steps."""
+    index = ablation_steps.STEP_NAMES.index(step)
+    rng = np.random.default_rng([index, seed, sum(map(ord, design))])
+    logits = rng.normal(size=(len(wells), constants.NUM_CLASSES))
+    rows, labels = np.arange(len(wells)), wells["label"].to_numpy()
+    lucky = rng.random(len(wells)) < 0.1 + 0.08 * index
+    logits[rows[lucky], labels[lucky]] += 10.0
+    return logits
+
+
+class StandIns:
+    """Records every call; 'training' leaves what `training.run` leaves for the resume logic."""
+
+    def __init__(self, data_dir, builder, wells):
+        self.data_dir, self.builder, self.wells = data_dir, builder, wells
+        self.prepared, self.trained, self.evaluated, self.fitted = [], [], [], []
+
+    def prepare_data(self, data_dir, design):
+        self.prepared.append(design)
+        return self.data_dir, self.builder
+
+    def trainer(self, config, step_folder):
+        folder = pathlib.Path(step_folder)
+        self.trained.append((folder.parent.parent.name, config.train.seed, folder.name))
+        (folder / "config.json").write_text(config_lib.to_json(config))
+        workdir_lib.mark_done(folder, {"epochs": config.train.epochs})
+
+    def evaluator(self, config, step_folder, report_split):
+        folder = pathlib.Path(step_folder)
+        design, seed = folder.parent.parent.name, config.train.seed
+        self.evaluated.append((design, seed, folder.name, report_split))
+        return self.wells, crafted_logits(self.wells, design, seed, folder.name)
+
+    def fitter(self, name):
+        def fit(config, *, report_split):
+            self.fitted.append((name, report_split))
+            return self.wells, crafted_logits(self.wells, "floor", 0, name)
+
+        return fit
+
+
+@pytest.fixture(scope="module")
+def protocol_run(tiny_data, tmp_path_factory):
+    data_dir, builder, truth = tiny_data
+    workdir = tmp_path_factory.mktemp("protocol_run")
+    stand_ins = StandIns(data_dir, builder, labelled_test_wells(truth))
+    titles = []
+    original_plot = plots.plot_interval_figure
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(ablation_protocol, "family_designs", FAMILY.__getitem__)
+
+    def recording_plot(summary, steps, labels, path, title):
+        titles.append(title)
+        return original_plot(summary, steps, labels, path, title)
+
+    monkeypatch.setattr(plots, "plot_interval_figure", recording_plot)
+
+    def run():
+        return ablation_protocol.run_protocol(
+            workdir, "held_out", seeds=SEEDS, overrides=TINY_OVERRIDES, samples=300,
+            trainer=stand_ins.trainer, evaluator=stand_ins.evaluator,
+            floor_fitters={name: stand_ins.fitter(name) for name in ablation_steps.FLOOR_STEPS},
+            prepare_data=stand_ins.prepare_data,
+        )  # fmt: skip
+
+    results = run()
+    yield workdir, stand_ins, run, results, titles
+    monkeypatch.undo()
+
+
+TRAINING_STEPS = [step.name for step in ablation_steps.STEPS if step.trains]
+
+
+def test_each_design_seed_and_step_runs_once_and_floors_once_per_design(protocol_run):
+    _, stand_ins, _, _, _ = protocol_run
+    designs = FAMILY["held_out"][: ablation_protocol.HELD_OUT_DESIGN_COUNT]
+    assert stand_ins.prepared == list(designs)  # data made once per design, shared by seeds
+    expected = [(d, s, step) for d in designs for s in SEEDS for step in TRAINING_STEPS]
+    assert stand_ins.trained == expected
+    assert [call[:3] for call in stand_ins.evaluated] == expected
+    assert sorted(stand_ins.fitted) == sorted(
+        [(name, "test") for name in ablation_steps.FLOOR_STEPS] * len(designs)
+    )
+    assert {call[3] for call in stand_ins.evaluated} == {"test"}  # report_split reaches it
+
+
+def expected_accuracy(wells, logits):
+    treatment = (wells["well_type"] == "treatment").to_numpy()
+    predicted = logits[treatment, : constants.NUM_SIRNAS].argmax(1)
+    return float(np.mean(predicted == wells["label"].to_numpy()[treatment]))
+
+
+def test_tables_match_numpy(protocol_run):
+    workdir, stand_ins, _, _, _ = protocol_run
+    table = pd.read_csv(workdir / ablation_protocol.TABLE_FILE)
+    assert list(table.columns) == ["design", "seed", "step", "wells", "correct", "accuracy"]
+    wells = stand_ins.wells
+    for row in table[table["step"].isin(TRAINING_STEPS)].itertuples():
+        logits = crafted_logits(wells, row.design, row.seed, row.step)
+        assert row.accuracy == pytest.approx(expected_accuracy(wells, logits))
+    floor = table[table["step"] == "linear_floor"]
+    assert floor["accuracy"].nunique() == 1  # one fit, repeated for every seed
+    ensemble = table[(table["step"] == "ensemble")].iloc[0]
+    members = [crafted_logits(wells, ensemble.design, ensemble.seed, name)
+               for name in ("mean_teacher", "mean_teacher_wide")]  # fmt: skip
+    assert ensemble.accuracy == pytest.approx(expected_accuracy(wells, np.mean(members, axis=0)))
+
+    summary = pd.read_csv(workdir / ablation_protocol.SUMMARY_FILE)
+    mean_over_seeds = table.groupby(["design", "step"])["accuracy"].mean()
+    per_well = pd.read_csv(workdir / ablation_protocol.WELLS_FILE)
+    for row in summary.itertuples():
+        assert row.mean == pytest.approx(mean_over_seeds[(row.design, row.step)])
+        assert row.low <= row.mean <= row.high
+        part = per_well[(per_well["design"] == row.design) & (per_well["step"] == row.step)]
+        matrix = part.pivot(index="seed", columns="id_code", values="correct").sort_index(axis=1)
+        interval = statistics.bootstrap_interval(matrix.to_numpy(), samples=300)
+        assert (row.low, row.high) == pytest.approx((interval.low, interval.high))
+
+    orderings = pd.read_csv(workdir / ablation_protocol.ORDERINGS_FILE)
+    assert set(orderings["verdict"]) <= set(statistics.VERDICTS)
+    for row in orderings.itertuples():
+        strict = ">=" not in row.ordering
+        interval = statistics.Interval(row.mean_difference, row.low, row.high)
+        assert row.verdict == statistics.verdict(interval, strict)
+        difference = (summary.set_index(["design", "step"]).loc[(row.design, row.better), "mean"]
+                      - summary.set_index(["design", "step"]).loc[(row.design, row.worse), "mean"])  # fmt: skip
+        assert row.mean_difference == pytest.approx(difference)
+
+
+def test_report_and_figures_name_the_synthetic_design(protocol_run):
+    workdir, _, _, _, titles = protocol_run
+    report = (workdir / "protocol.md").read_text()
+    designs = FAMILY["held_out"][:2]
+    assert len(titles) == 2 * len(designs)
+    for title in titles:
+        assert "rxrx1" not in title.lower()
+        assert "synthetic design held_" in title and "seeds 0,1, test split" in title
+    for design in designs:
+        assert f"### synthetic design {design}, seeds 0,1, test split" in report
+        for figure in ("3a", "3b"):
+            path = workdir / f"{design}_figure_{figure}.png"
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert path.name in report
+    assert "rxrx1" not in report.lower()
+    assert "feature_baseline" in report and "linear_floor" in report
+
+
+def test_rerun_resumes_without_retraining(protocol_run):
+    workdir, stand_ins, run, first, _ = protocol_run
+    for calls in (stand_ins.trained, stand_ins.evaluated, stand_ins.fitted):
+        calls.clear()
+    again = run()
+    assert stand_ins.trained == [] and stand_ins.evaluated == [] and stand_ins.fitted == []
+    pd.testing.assert_frame_equal(again["summary"], first["summary"])
+
+    # An evaluation of another split is no cache for this one: evaluated again, not retrained.
+    step = workdir / "held_a" / "seed_1" / "arcface"
+    wells, logits, seconds = ablation_cache.load_step_logits(step)
+    ablation_cache.save_step_logits(step, wells, logits, seconds, report_split="val")
+    run()
+    assert stand_ins.trained == [] and stand_ins.evaluated == [("held_a", 1, "arcface", "test")]
+
+
+# ------------------------------------------------------------------------------------------------
+# The command line
+
+
+@pytest.fixture
+def family(monkeypatch):
+    monkeypatch.setattr(ablation_protocol, "family_designs", FAMILY.__getitem__)
+
+
+def parse_error(argv, capsys) -> str:
+    with pytest.raises(SystemExit):
+        ablation.parse_command_line(["--workdir", "w", *argv])
+    return capsys.readouterr().err
+
+
+def test_command_line_defaults(family):
+    arguments, _ = ablation.parse_command_line(["--workdir", "w", "--protocol", "held_out"])
+    assert arguments.designs == FAMILY["held_out"][: ablation_protocol.HELD_OUT_DESIGN_COUNT]
+    assert arguments.seeds == ablation_protocol.DEFAULT_SEEDS
+    assert arguments.steps == list(ablation_steps.STEP_NAMES)
+    arguments, _ = ablation.parse_command_line(
+        ["--workdir", "w", "--protocol", "development", "--seeds", "3,5", "--designs", "dev_b"]
+    )
+    assert arguments.designs == ("dev_b",) and arguments.seeds == (3, 5)
+    arguments, _ = ablation.parse_command_line(["--workdir", "w"])
+    assert arguments.protocol == "single"
+    assert arguments.steps == list(ablation_steps.DEFAULT_STEPS)
+
+
+def test_command_line_errors_name_the_closest_choice(family, capsys):
+    assert "did you mean 'held_out'" in parse_error(["--protocol", "held-out"], capsys)
+    error = parse_error(["--protocol", "held_out", "--designs", "held_d,held_a"], capsys)
+    assert "unknown held_out design 'held_d'" in error and "did you mean" in error
+    error = parse_error(["--protocol", "held_out", "--designs", "dev_a"], capsys)
+    assert "it is a development design" in error
+    assert "non-negative integers" in parse_error(
+        ["--protocol", "held_out", "--seeds", "0,x"], capsys
+    )
+    assert "given twice" in parse_error(["--protocol", "held_out", "--seeds", "1,1"], capsys)
+    assert "--seeds needs --protocol" in parse_error(["--seeds", "0,1"], capsys)
+    error = parse_error(["--protocol", "held_out", "--data_dir", "somewhere"], capsys)
+    assert "drop --data_dir" in error
+    assert ablation_protocol.PROTOCOLS[0] == "single"
+
+
+def test_the_documented_protocol_commands_parse(monkeypatch):
+    real_family = {
+        "development": tuple(f"family_dev_{index}" for index in range(1, 5)),
+        "held_out": tuple(f"family_heldout_{index}" for index in range(1, 4)),
+    }
+    monkeypatch.setattr(ablation_protocol, "family_designs", real_family.__getitem__)
+    text = (pathlib.Path(__file__).parents[1] / "docs" / "ablation.md").read_text()
+    commands = [
+        line.split()[3:]
+        for line in text.replace("\\\n", " ").splitlines()
+        if line.startswith("python -m deepnoise_tf.ablation --protocol")
+    ]
+    assert len(commands) == 2
+    for argv in commands:
+        arguments, _ = ablation.parse_command_line(argv)
+        assert arguments.protocol == "held_out"
+        assert arguments.designs == real_family["held_out"][:2]
+        assert arguments.seeds == (0, 1, 2)
