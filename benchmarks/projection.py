@@ -3,7 +3,7 @@
 Nothing is trained: the projection multiplies measured rates by the schedule's work. Assumptions,
 each a flag (defaults are the numbers in BENCHMARKS.md):
 - schedule (paper, "Training details"; configs/deepnoise.py): for each of 2 models, Xception and
-  Xception-Wide, at 512 px, 160 epochs of which the first `--consistency_start_epoch` (40, the
+  Xception-Wide, at 512 px, 160 epochs of which the first `--consistency_start_fraction` (0.25: 40 epochs, the
   config's labelled-only quarter) have no consistency loss, then `--pseudo_label_rounds` (8) rounds
   of `--retrain_epochs` (10) epochs with pseudo labels; an epoch is one pass over RxRx1's 36,515
   labelled train wells, one site per well;
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         "measured on a card with both",
     )
     parser.add_argument("--epochs", type=int, default=160)
-    parser.add_argument("--consistency_start_epoch", type=float, default=40.0)
+    parser.add_argument("--consistency_start_fraction", type=float, default=0.25)
     parser.add_argument("--pseudo_label_rounds", type=int, default=8)
     parser.add_argument("--retrain_epochs", type=int, default=10)
     parser.add_argument("--labelled_share", type=float, default=0.5)
@@ -218,7 +218,7 @@ def main(argv=None):
     schedule = dict(
         rows_per_epoch=rows_per_epoch,
         epochs=arguments.epochs,
-        labelled_only_epochs=min(arguments.consistency_start_epoch, arguments.epochs),
+        labelled_only_epochs=min(arguments.consistency_start_fraction, 1.0) * arguments.epochs,
         retrain_epochs=arguments.retrain_epochs,
         rounds=arguments.pseudo_label_rounds,
         deepnoise_cost=arguments.deepnoise_cost,
