@@ -15,7 +15,7 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
@@ -35,6 +35,48 @@ def time_calls(call, steps: int, warmup: int = 1) -> tuple[float, float]:
     for _ in range(steps):
         call()
     return first, (time.perf_counter() - start) / steps
+
+
+def time_interleaved(
+    calls: Mapping[str, Callable[[], object]], rounds: int, warmup: int = 1, clock=time.perf_counter
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Times several calls in rounds, one call of each per round, so that load hits them alike.
+
+    On shared cores a background job that starts halfway through a sequential run slows whichever
+    mode runs then; interleaved, it slows every mode's calls of those rounds, and the per-mode
+    median over rounds (`median`) drops them. The order rotates by one each round so that no call
+    always follows the same one. Each call must block until its work is done.
+
+    Returns:
+      (seconds of each call's first run, which includes tracing; per name, the seconds of its
+      `rounds` timed calls, in round order), after `warmup` - 1 more untimed calls of each.
+    """
+    names = list(calls)
+    first = {}
+    for name in names:
+        start = clock()
+        calls[name]()
+        first[name] = clock() - start
+    for _ in range(max(warmup - 1, 0)):
+        for name in names:
+            calls[name]()
+    seconds = {name: [] for name in names}
+    for index in range(rounds):
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = clock()
+            calls[name]()
+            seconds[name].append(clock() - start)
+    return first, seconds
+
+
+def median(values: Sequence[float]) -> float:
+    """The median (mean of the middle two for an even count)."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:

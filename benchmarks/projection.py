@@ -2,28 +2,31 @@
 
 Nothing is trained: the projection multiplies measured rates by the schedule's work. Assumptions,
 each a flag (defaults are the numbers in BENCHMARKS.md):
-- schedule (paper, "Training details"): 160 epochs for each of 2 models, Xception and
-  Xception-Wide, at 512 px;
-  an epoch is one pass over RxRx1's 36,515 labelled train wells, one site per well;
+- schedule (paper, "Training details"; configs/deepnoise.py): for each of 2 models, Xception and
+  Xception-Wide, at 512 px, 160 epochs of which the first `--consistency_start_fraction` (0.25: 40 epochs, the
+  config's labelled-only quarter) have no consistency loss, then `--pseudo_label_rounds` (8) rounds
+  of `--retrain_epochs` (10) epochs with pseudo labels; an epoch is one pass over RxRx1's 36,515
+  labelled train wells, one site per well;
 - mean-teacher batches hold labelled and unlabelled (test) rows at a labelled share of 1/2, so an
-  epoch carries 36,515 / (1/2) = 73,030 rows, each costing one DeepNoise step row;
+  epoch carries 36,515 / (1/2) = 73,030 rows (the labelled-only epochs too: the mixed pipeline
+  delivers them, the step skips the unlabelled rows' passes);
 - per-GPU plain-step and forward rates at 512 px, batch 32, of the card named by `--card`
   (benchmarks/model.py, JAX backend; `MEASURED` below, as in BENCHMARKS.md): H100 Xception only,
   H200 both models;
-- the DeepNoise step (student on two views, teacher forward, EMA) costs `--deepnoise_cost` plain
-  steps per row: the CPU ratio of benchmarks/train.py (same batch, both modes), taken to carry
-  over to the GPU;
+- a row of the consistency epochs and the pseudo-label rounds costs `--deepnoise_cost` plain-step
+  rows, a row of the labelled-only epochs `--labelled_only_cost`: the CPU ratios of
+  benchmarks/train.py (same batch, modes interleaved), taken to carry over to the GPU;
 - a model the card has no row of (Xception-Wide on the H100) runs at the Xception rate divided by
   the wide/Xception time ratio measured on a card that has both (H200: 1.70 float32, 1.54 bf16),
   or by `--wide_cost`; the conv multiply-add ratio (2.19, printed) overstates it;
-- evaluation: the validation experiments' sites (`--validation_sites`) once per epoch at the card's
-  forward rate, without test-time augmentation;
+- evaluation: the validation sites (`--validation_sites`) once per training epoch at the card's
+  forward rate, without test-time augmentation; after round 0 and each pseudo-label round, the
+  validation and test sites (`--test_sites`) with `--tta_views` (8) dihedral views each;
 - data parallelism over `--gpus` GPUs scales linearly (wall-clock = GPU-hours / GPUs) and the input
-  pipeline keeps up (benchmarks/pipeline.py). Not included: pseudo-label refreshes, per-cell-type
-  fine-tuning (docs/method.md §7), the ensemble's test-set inference.
+  pipeline keeps up (benchmarks/pipeline.py). Not included: per-cell-type fine-tuning
+  (docs/method.md §7), the ensemble's post-processing, checkpoints, start-up and compilation.
 
-    python benchmarks/projection.py --deepnoise_cost 2.9 --card H100
-    python benchmarks/projection.py --deepnoise_cost 2.9 --card H200
+    python benchmarks/projection.py --deepnoise_cost 1.8 --labelled_only_cost 1.0 --card H100
 """
 
 from __future__ import annotations
@@ -72,6 +75,39 @@ def model_rate(card: str, kind: str, model: str, precision: str, wide_cost: floa
     return rates["xception"][precision] / wide_cost
 
 
+def schedule_hours(
+    plain_rate: float,
+    forward_rate: float,
+    *,
+    rows_per_epoch: float,
+    epochs: int,
+    labelled_only_epochs: float,
+    retrain_epochs: int,
+    rounds: int,
+    deepnoise_cost: float,
+    labelled_only_cost: float,
+    validation_sites: int,
+    test_sites: int,
+    tta_views: int,
+) -> dict[str, float]:
+    """GPU-hours of one model's schedule by part: labelled-only, consistency and retraining epochs,
+    per-epoch validation, and the (TTA) evaluations after round 0 and each pseudo-label round."""
+    consistency_epochs = epochs - labelled_only_epochs
+    retraining_epochs = rounds * retrain_epochs
+    row_seconds = rows_per_epoch / plain_rate
+    parts = {
+        "labelled_only": labelled_only_epochs * row_seconds * labelled_only_cost,
+        "consistency": consistency_epochs * row_seconds * deepnoise_cost,
+        "pseudo_label_rounds": retraining_epochs * row_seconds * deepnoise_cost,
+        "validation": (epochs + retraining_epochs) * validation_sites / forward_rate,
+        "round_evaluation": (rounds + 1)
+        * (validation_sites + test_sites)
+        * tta_views
+        / forward_rate,
+    }
+    return {part: seconds / 3600 for part, seconds in parts.items()}
+
+
 def conv_multiply_adds(model) -> int:
     """Multiply-adds per image of the model's convolutions (regular, separable), from the shapes."""
     import keras
@@ -91,9 +127,12 @@ def conv_multiply_adds(model) -> int:
     return total
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deepnoise_cost", type=float, required=True, help="DeepNoise/plain step")
+    parser.add_argument(
+        "--labelled_only_cost", type=float, default=1.0, help="labelled-only/plain step"
+    )
     parser.add_argument("--card", choices=sorted(MEASURED), default="H100")
     parser.add_argument(
         "--wide_cost",
@@ -103,11 +142,72 @@ def main(argv=None):
         "measured on a card with both",
     )
     parser.add_argument("--epochs", type=int, default=160)
+    parser.add_argument("--consistency_start_fraction", type=float, default=0.25)
+    parser.add_argument("--pseudo_label_rounds", type=int, default=8)
+    parser.add_argument("--retrain_epochs", type=int, default=10)
     parser.add_argument("--labelled_share", type=float, default=0.5)
     parser.add_argument("--validation_sites", type=int, default=4 * 4 * 308 * 2)
+    parser.add_argument("--test_sites", type=int, default=2 * 19_897, help="RxRx1's test wells x 2")
+    parser.add_argument("--tta_views", type=int, default=8)
     parser.add_argument("--gpus", type=int, default=4)
     _report.add_output_arguments(parser)
-    arguments = parser.parse_args(argv)
+    return parser
+
+
+def section(arguments, schedule: dict, rows: list, totals: dict, macs: dict):
+    """(bullets, body) of the BENCHMARKS.md section: the assumptions, the table, the totals."""
+    card, rows_per_epoch = arguments.card, schedule["rows_per_epoch"]
+    mac_ratio = macs["xception_wide"] / macs["xception"]
+    labelled_only = schedule["labelled_only_epochs"]
+    bullets = [
+        f"- schedule per model: {arguments.epochs} epochs ({labelled_only:g} labelled-only at "
+        f"{arguments.labelled_only_cost:g} plain steps per row, {arguments.epochs - labelled_only:g} "
+        f"with consistency at {arguments.deepnoise_cost:g}), then {arguments.pseudo_label_rounds} "
+        f"pseudo-label rounds x {arguments.retrain_epochs} epochs at {arguments.deepnoise_cost:g}; "
+        f"an epoch = {RXRX1_TRAIN_WELLS:,} labelled wells (one site each) at labelled share "
+        f"{arguments.labelled_share:g} = {rows_per_epoch:,.0f} rows; step costs: CPU ratios of "
+        "benchmarks/train.py, taken to carry over to the GPU",
+        f"- per-GPU rates: {card} plain step and forward pass at 512 px, batch 32 "
+        "(benchmarks/model.py); a model without a row on this card runs at Xception's rate over "
+        "the wide/Xception time ratio measured on a card with both (conv multiply-adds would say "
+        f"{mac_ratio:.2f}: {macs['xception_wide'] / 1e9:.1f} vs {macs['xception'] / 1e9:.1f} G per "
+        f"image); validation: {arguments.validation_sites:,} sites per training epoch at the "
+        f"forward rate; round evaluation: validation + {arguments.test_sites:,} test sites x "
+        f"{arguments.tta_views} TTA views after each of {arguments.pseudo_label_rounds + 1} rounds; "
+        f"linear scaling over {arguments.gpus} GPUs; not included: per-cell-type fine-tuning, "
+        "post-processing, checkpoints, start-up and compilation",
+    ]
+    body = _report.table(
+        (
+            "model",
+            "precision",
+            "plain img/s per GPU",
+            "rate source",
+            "labelled-only GPU-h",
+            "consistency GPU-h",
+            "pseudo-label rounds GPU-h",
+            "validation GPU-h",
+            "round evaluation (TTA) GPU-h",
+            "GPU-h",
+            f"wall-clock h on {arguments.gpus} GPUs",
+        ),  # fmt: skip
+        rows,
+    )
+    body += [
+        "",
+        "Both models: "
+        + ", ".join(
+            f"{precision} {hours:.0f} GPU-hours ({hours / arguments.gpus:.1f} h on "
+            f"{arguments.gpus} {card}s)"
+            for precision, hours in totals.items()
+        )
+        + ".",
+    ]
+    return bullets, body
+
+
+def main(argv=None):
+    arguments = build_parser().parse_args(argv)
 
     from deepnoise_tf import models
 
@@ -115,6 +215,18 @@ def main(argv=None):
     mac_ratio = macs["xception_wide"] / macs["xception"]
     card = arguments.card
     rows_per_epoch = RXRX1_TRAIN_WELLS / arguments.labelled_share
+    schedule = dict(
+        rows_per_epoch=rows_per_epoch,
+        epochs=arguments.epochs,
+        labelled_only_epochs=min(arguments.consistency_start_fraction, 1.0) * arguments.epochs,
+        retrain_epochs=arguments.retrain_epochs,
+        rounds=arguments.pseudo_label_rounds,
+        deepnoise_cost=arguments.deepnoise_cost,
+        labelled_only_cost=arguments.labelled_only_cost,
+        validation_sites=arguments.validation_sites,
+        test_sites=arguments.test_sites,
+        tta_views=arguments.tta_views,
+    )
     rows, totals = [], {}
     for precision in PRECISIONS:
         wide_costs = {
@@ -125,10 +237,8 @@ def main(argv=None):
             measured = name in MEASURED[card]["train"]
             plain_rate = model_rate(card, "train", name, precision, wide_costs["train"])
             forward_rate = model_rate(card, "forward", name, precision, wide_costs["forward"])
-            rate = plain_rate / arguments.deepnoise_cost
-            train_hours = arguments.epochs * rows_per_epoch / rate / 3600
-            eval_hours = arguments.epochs * arguments.validation_sites / forward_rate / 3600
-            hours = train_hours + eval_hours
+            parts = schedule_hours(plain_rate, forward_rate, **schedule)
+            hours = sum(parts.values())
             totals[precision] = totals.get(precision, 0.0) + hours
             source = "measured" if measured else f"Xception / {wide_costs['train']:.2f}"
             rows.append(
@@ -137,9 +247,7 @@ def main(argv=None):
                     precision,
                     f"{plain_rate:.0f}",
                     source,
-                    f"{rate:.0f}",
-                    f"{train_hours:.1f}",
-                    f"{eval_hours:.1f}",
+                    *(f"{value:.1f}" for value in parts.values()),
                     f"{hours:.1f}",
                     f"{hours / arguments.gpus:.1f}",
                 )
@@ -147,50 +255,17 @@ def main(argv=None):
     summary = (
         f"projection_summary card={card} epochs={arguments.epochs} "
         f"rows_per_epoch={rows_per_epoch:.0f} deepnoise_cost={arguments.deepnoise_cost:g} "
+        f"labelled_only_cost={arguments.labelled_only_cost:g} "
         + " ".join(
-            f"both_models_{precision}_gpu_hours={hours:.0f}" for precision, hours in totals.items()
+            f"both_models_{precision}_gpu_hours={hours:.1f} wall_h_on_{arguments.gpus}="
+            f"{hours / arguments.gpus:.1f}"
+            for precision, hours in totals.items()
         )
     )
     for row in rows:
         print("projection " + " ".join(row), flush=True)
     print(summary, flush=True)
-    bullets = [
-        f"- schedule: {arguments.epochs} epochs x 2 models; an epoch = {RXRX1_TRAIN_WELLS:,} "
-        f"labelled wells (one site each) at labelled share {arguments.labelled_share:g} = "
-        f"{rows_per_epoch:,.0f} rows; DeepNoise step = {arguments.deepnoise_cost:g} plain steps "
-        "per row (CPU ratio, benchmarks/train.py)",
-        f"- per-GPU rates: {card} plain step and forward pass at 512 px, batch 32 "
-        "(benchmarks/model.py); a model without a row on this card runs at Xception's rate over "
-        "the wide/Xception time ratio measured on a card with both (conv multiply-adds would say "
-        f"{mac_ratio:.2f}: {macs['xception_wide'] / 1e9:.1f} vs {macs['xception'] / 1e9:.1f} G per "
-        f"image); evaluation: {arguments.validation_sites:,} validation sites per epoch at the "
-        f"forward rate; linear scaling over {arguments.gpus} GPUs; not included: pseudo-label "
-        "refreshes, per-cell-type fine-tuning, test-set inference",
-    ]
-    body = _report.table(
-        (
-            "model",
-            "precision",
-            "plain img/s per GPU",
-            "rate source",
-            "DeepNoise rows/s per GPU",
-            "train GPU-h",
-            "eval GPU-h",
-            "GPU-h",
-            f"wall-clock h on {arguments.gpus} GPUs",
-        ),  # fmt: skip
-        rows,
-    )
-    body += [
-        "",
-        "Both models: "
-        + ", ".join(
-            f"{precision} {hours:.0f} GPU-hours ({hours / arguments.gpus:.0f} h on "
-            f"{arguments.gpus} {card}s)"
-            for precision, hours in totals.items()
-        )
-        + ".",
-    ]
+    bullets, body = section(arguments, schedule, rows, totals, macs)
     title = (
         f"Projection: the paper's schedule in {card} GPU-hours, benchmarks/projection.py "
         f"({_report.timestamp()})"

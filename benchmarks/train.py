@@ -10,7 +10,9 @@ For each setting (image size, width multiplier, batch) and each mode:
   with (before `mean_teacher.consistency_start_fraction`, no pseudo labels): consistency weight 0, so
   only the normal view of the labelled rows runs, then the EMA update.
 The step is `model.train_step` in a `tf.function` (what `fit` compiles), timed on one fixed batch
-read from the pipeline, so it measures the step alone. The pipeline is `data.training_dataset`
+read from the pipeline, so it measures the step alone. The modes of a setting are timed interleaved
+(`_report.time_interleaved`: `--steps` rounds of one step of each mode, order rotating) and each
+mode's rate is its median step: on shared cores, load then slows every mode alike. The pipeline is `data.training_dataset`
 over synthetic TFDS data of the same size, iterated without the model (uint8 batches: normalization
 and augmentation run inside the step). A pipeline/step ratio above 1 means the host keeps the step fed.
 
@@ -123,8 +125,8 @@ def as_mixed_batch(batch: dict, labelled_share: float = 0.5) -> dict:
     return {**batch, "label": tf.constant(labels)}
 
 
-def time_step(config, batch: dict, steps: int, warmup: int, jit_compile: bool):
-    """(student parameters in M, seconds of the first call, seconds per step) of `train_step`."""
+def build_step(config, batch: dict, jit_compile: bool):
+    """(student parameters in M, a call that runs one `train_step` on `batch` and blocks)."""
     import keras
     import tensorflow as tf
 
@@ -136,12 +138,12 @@ def time_step(config, batch: dict, steps: int, warmup: int, jit_compile: bool):
     finally:
         keras.config.set_dtype_policy(previous_policy)  # build_model sets it globally
     step = tf.function(model.train_step, jit_compile=jit_compile, reduce_retracing=True)
-    first, seconds = _report.time_calls(lambda: step(batch)["loss"].numpy(), steps, warmup)
     parameters = (model.student_backbone.count_params() + model.student_head.count_params()) / 1e6
-    return parameters, first, seconds
+    return parameters, lambda: step(batch)["loss"].numpy()
 
 
-def run_setting(arguments, size: int, width: float, batch_size: int, mode: str) -> dict:
+def prepare_mode(arguments, size: int, width: float, batch_size: int, mode: str):
+    """(the mode's row without step timings, its step call): pipeline timed, model built."""
     from deepnoise_tf import precision, synthetic
 
     preset = PRESET_BY_SIZE[size]
@@ -160,11 +162,8 @@ def run_setting(arguments, size: int, width: float, batch_size: int, mode: str) 
     if teacher and not mixed_pipeline:
         batch = as_mixed_batch(batch, share)
         config.mean_teacher.labelled_share = share  # the step's layout: labelled rows first
-    parameters, first, seconds = time_step(
-        config, batch, arguments.steps, arguments.warmup, arguments.jit_compile
-    )
-    step_rate = batch_size / seconds
-    return {
+    parameters, step = build_step(config, batch, arguments.jit_compile)
+    row = {
         "mode": mode,
         "size": size,
         "width": width,
@@ -172,14 +171,38 @@ def run_setting(arguments, size: int, width: float, batch_size: int, mode: str) 
         "precision": resolved_precision or "float32",
         "jit": "on" if arguments.jit_compile else "off",
         "params_m": parameters,
-        "step_images_per_s": step_rate,
-        "first_step_s": first,
         "pipeline_images_per_s": pipeline_rate,
         "pipeline": "labelled+unlabelled" if mixed_pipeline else "labelled",
         "shuffle_buffer": config.data.shuffle_buffer,
-        "feed_ratio": pipeline_rate / step_rate,
-        "load": _report.load_average(),
     }
+    return row, step
+
+
+def step_rows(prepared: dict, first: dict, seconds: dict, load: str) -> list[dict]:
+    """Each mode's row completed from its interleaved step times: the median step's rate.
+
+    `plain_ratio` is the median over rounds of (mode step / plain step in the same round), the
+    mode's cost in plain steps, when the plain mode was timed too.
+    """
+    rows = []
+    for mode, row in prepared.items():
+        step_rate = row["batch"] / _report.median(seconds[mode])
+        ratio = None
+        if "plain" in seconds:
+            ratio = _report.median(
+                [ours / plain for ours, plain in zip(seconds[mode], seconds["plain"], strict=True)]
+            )
+        rows.append(
+            {
+                **row,
+                "step_images_per_s": step_rate,
+                "first_step_s": first[mode],
+                "feed_ratio": row["pipeline_images_per_s"] / step_rate,
+                "plain_ratio": ratio,
+                "load": load,
+            }
+        )
+    return rows
 
 
 def section(arguments, rows, total_seconds) -> tuple[str, list[str], list[str]]:
@@ -188,11 +211,12 @@ def section(arguments, rows, total_seconds) -> tuple[str, list[str], list[str]]:
         f"{arguments.inter_op_threads}; tf.data: its own pool (AUTOTUNE); shuffle buffer scaled "
         f"to the data ({', '.join(sorted({str(r['shuffle_buffer']) for r in rows}))} sites, "
         f"as 2048 is to RxRx1's {RXRX1_TRAIN_WELLS} train wells)",
-        f"- {arguments.steps} timed steps after {arguments.warmup} untimed (the first traces); "
-        f"pipeline: {arguments.pipeline_batches} batches after {arguments.warmup}; step = "
+        f"- {arguments.steps} rounds of one timed step per mode, interleaved (order rotating), "
+        f"after {arguments.warmup} untimed (the first traces); step img/s = batch / median step "
+        f"time; pipeline: {arguments.pipeline_batches} batches after {arguments.warmup}; step = "
         "`MeanTeacher.train_step` on one fixed batch; total wall time "
-        f"{total_seconds:.0f} s; load = 1/5/15-min load average after the row (2 shared cores: "
-        "other jobs slow rows down)",
+        f"{total_seconds:.0f} s; load = 1/5/15-min load average after the setting's rounds (2 "
+        "shared cores: other jobs slow rows down)",
     ]
     header = (
         "mode", "size", "width", "batch", "precision", "jit", "student params (M)", "step img/s",
@@ -222,23 +246,22 @@ def section(arguments, rows, total_seconds) -> tuple[str, list[str], list[str]]:
     ratios = []
     for size, width, batch in {(r["size"], r["width"], r["batch"]) for r in rows}:
         by_mode = {
-            r["mode"]: r["step_images_per_s"]
+            r["mode"]: r["plain_ratio"]
             for r in rows
             if (r["size"], r["width"], r["batch"]) == (size, width, batch)
+            and r["mode"] != "plain"
+            and r["plain_ratio"] is not None
         }
-        if "plain" in by_mode and set(by_mode) != {"plain"}:
+        if by_mode:
             ratios.append(
                 f"{size} px width {width:g} batch {batch}: "
-                + ", ".join(
-                    f"{mode} {by_mode['plain'] / by_mode[mode]:.2f}"
-                    for mode in MODES
-                    if mode in by_mode and mode != "plain"
-                )
+                + ", ".join(f"{mode} {ratio:.2f}" for mode, ratio in by_mode.items())
             )
     if ratios:
         body += [
             "",
-            "Step cost in plain steps (plain/mode step time): " + "; ".join(sorted(ratios)) + ".",
+            "Step cost in plain steps (median over rounds of mode/plain step time in the same "
+            "round): " + "; ".join(sorted(ratios)) + ".",
         ]
     title = f"Training step and input pipeline, benchmarks/train.py ({_report.timestamp()})"
     return title, bullets, body
@@ -253,7 +276,9 @@ def main(argv=None):
         help="size:width:batch,... (sizes: 64 or 512, the synthetic presets)",
     )
     parser.add_argument("--modes", default=",".join(MODES), help=",".join(MODES))
-    parser.add_argument("--steps", type=int, default=2, help="timed steps")
+    parser.add_argument(
+        "--steps", type=int, default=2, help="timed steps per mode (rounds, interleaved)"
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls (the first traces)")
     parser.add_argument("--pipeline_batches", type=int, default=20)
     parser.add_argument(
@@ -277,12 +302,16 @@ def main(argv=None):
     start = time.perf_counter()
     rows = []
     for size, width, batch in arguments.settings:
+        prepared, steps = {}, {}
         for mode in modes:
-            row = run_setting(arguments, size, width, batch, mode)
+            prepared[mode], steps[mode] = prepare_mode(arguments, size, width, batch, mode)
+        first, seconds = _report.time_interleaved(steps, arguments.steps, arguments.warmup)
+        for row in step_rows(prepared, first, seconds, _report.load_average()):
             rows.append(row)
+            ratio = "" if row["plain_ratio"] is None else f" plain_ratio={row['plain_ratio']:.2f}"
             print(
-                f"train_benchmark mode={mode} size={size} width={width:g} batch={batch} "
-                f"step_images_per_s={row['step_images_per_s']:.2f} "
+                f"train_benchmark mode={row['mode']} size={size} width={width:g} batch={batch} "
+                f"step_images_per_s={row['step_images_per_s']:.2f}{ratio} "
                 f"first_step_s={row['first_step_s']:.1f} "
                 f"pipeline_images_per_s={row['pipeline_images_per_s']:.0f} "
                 f"feed_ratio={row['feed_ratio']:.1f} load={row['load']}",
@@ -296,6 +325,12 @@ def main(argv=None):
             f"{r['mode']}@{r['size']}px/w{r['width']:g}/b{r['batch']}="
             f"{r['step_images_per_s']:.2f}img/s(pipeline {r['pipeline_images_per_s']:.0f})"
             for r in rows
+        )
+        + "".join(
+            f" plain_ratio({r['mode']}@{r['size']}px/w{r['width']:g}/b{r['batch']})="
+            f"{r['plain_ratio']:.2f}"
+            for r in rows
+            if r["mode"] != "plain" and r["plain_ratio"] is not None
         )
         + f" total_s={total:.0f}",
         flush=True,

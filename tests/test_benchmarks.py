@@ -45,6 +45,57 @@ def test_time_calls_counts_warmup_and_timed_calls():
     assert len(calls) == 5 and first >= 0 and per_call >= 0
 
 
+def test_time_interleaved_alternates_rotates_and_takes_medians():
+    """A fake clock advanced by each call: the timed seconds are exactly the calls' own costs."""
+    now = [0.0]
+    order = []
+    # Mode b gets one slow call (load hitting its third round); the median ignores it.
+    costs = {
+        "a": iter([9, 9, 1, 1, 1, 1, 1]),
+        "b": iter([9, 9, 2, 2, 50, 2, 2]),
+        "c": iter([9] + [3] * 6),
+    }
+
+    def call(name):
+        def run():
+            order.append(name)
+            now[0] += next(costs[name])
+
+        return run
+
+    first, seconds = _report.time_interleaved(
+        {name: call(name) for name in "abc"}, rounds=4, warmup=2, clock=lambda: now[0]
+    )
+    assert first == {"a": 9, "b": 9, "c": 9}
+    assert order[:6] == list("abcabc")  # first calls, then one more warm-up call each
+    assert order[6:] == list("abcbcacababc")  # every round runs each once, rotated
+    assert seconds == {"a": [1, 1, 1, 1], "b": [2, 2, 50, 2], "c": [3, 3, 3, 3]}
+    assert _report.median(seconds["b"]) == 2
+    assert _report.median([4.0, 1.0, 3.0]) == 3.0
+    assert _report.median([4.0, 1.0, 3.0, 2.0]) == 2.5
+
+
+def test_train_step_rows_take_median_rates_and_same_round_ratios():
+    prepared = {
+        mode: {"mode": mode, "batch": 32, "pipeline_images_per_s": 640.0}
+        for mode in ("deepnoise", "plain")
+    }
+    seconds = {"deepnoise": [0.2, 0.4, 0.2, 0.8], "plain": [0.1, 0.2, 0.1, 0.2]}
+    rows = {
+        row["mode"]: row
+        for row in train.step_rows(prepared, {"deepnoise": 5.0, "plain": 3.0}, seconds, "1/2/3")
+    }
+    # Medians 0.3 s and 0.15 s; the same-round ratios are 2, 2, 2, 4 -> median 2.
+    assert rows["deepnoise"]["step_images_per_s"] == pytest.approx(32 / 0.3)
+    assert rows["plain"]["step_images_per_s"] == pytest.approx(32 / 0.15)
+    assert rows["deepnoise"]["plain_ratio"] == pytest.approx(2.0)
+    assert rows["plain"]["plain_ratio"] == pytest.approx(1.0)
+    assert rows["deepnoise"]["feed_ratio"] == pytest.approx(640 * 0.3 / 32)
+    assert rows["deepnoise"]["first_step_s"] == 5.0 and rows["plain"]["load"] == "1/2/3"
+    alone = train.step_rows({"plain": prepared["plain"]}, {"plain": 3.0}, {"plain": [0.1]}, "")
+    assert alone[0]["step_images_per_s"] == pytest.approx(320.0)
+
+
 def test_train_settings_and_mixed_batch():
     assert train.parse_setting("512:1.0:4") == (512, 1.0, 4)
     batch = {"label": tf.constant([3, 4, 5, 6]), "image": tf.zeros([4, 2, 2, 6], tf.uint8)}
@@ -140,3 +191,20 @@ def test_projection_uses_measured_rates_and_a_same_card_wide_ratio_elsewhere():
     assert projection.model_rate("H100", "train", "xception_wide", "mixed_bfloat16", 1.5350) == (
         pytest.approx(419.5, abs=0.1)
     )
+
+
+def test_projection_schedule_hours_by_hand():
+    # 10 epochs of 1000 rows at 100 plain rows/s: 10 s per epoch of plain rows; 2 labelled-only
+    # epochs at cost 1 (20 s), 8 consistency epochs at cost 2 (160 s), 3 rounds x 1 epoch at cost 2
+    # (60 s); validation 50 sites x 13 epochs at 200/s (3.25 s); 4 evaluations x (50 + 150) sites x
+    # 8 views at 200/s (32 s).
+    parts = projection.schedule_hours(
+        100.0, 200.0, rows_per_epoch=1000, epochs=10, labelled_only_epochs=2, retrain_epochs=1,
+        rounds=3, deepnoise_cost=2.0, labelled_only_cost=1.0, validation_sites=50,
+        test_sites=150, tta_views=8,
+    )  # fmt: skip
+    expected = {
+        "labelled_only": 20.0, "consistency": 160.0, "pseudo_label_rounds": 60.0,
+        "validation": 3.25, "round_evaluation": 32.0,
+    }  # fmt: skip
+    assert parts == pytest.approx({part: seconds / 3600 for part, seconds in expected.items()})
