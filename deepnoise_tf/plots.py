@@ -133,14 +133,8 @@ def plot_ablation_figure(
             linewidth=1.2,
             label=f"linear floor ({floor:.1f})",
         )
-    axis.set_xticks(positions, labels)
-    axis.set_ylabel("top-1 accuracy (%)")
-    axis.set_ylim(0, 125)  # room above the 100 % bars for the legend
-    axis.set_yticks(range(0, 101, 20))
-    axis.set_title(title)
-    axis.legend(fontsize=8, loc="upper left", ncol=3)
-    figure.tight_layout()
-    return save_figure(figure, path)
+    return _finish_percent_bars(figure, axis, positions, labels, path, title=title,
+                                ylabel="top-1 accuracy (%)", legend_columns=3)  # fmt: skip
 
 
 FLOOR_STYLES = {"linear_floor": ("#c0392b", "--"), "feature_baseline": ("#8e44ad", ":")}
@@ -175,11 +169,17 @@ def plot_interval_figure(summary: pd.DataFrame, steps, labels, path, title: str)
         axis.axhline(floor[0], color=color, linestyle=linestyle, linewidth=1.2, zorder=4,
                      label=f"{name.replace('_', ' ')} ({floor[0]:.1f})")  # fmt: skip
         axis.axhspan(floor[1], floor[2], color=color, alpha=0.12, linewidth=0, zorder=0)
+    return _finish_percent_bars(figure, axis, positions, labels, path, title=title,
+                                ylabel="treatment-well accuracy (%)", legend_columns=2)  # fmt: skip
+
+
+def _finish_percent_bars(figure, axis, positions, labels, path, *, title, ylabel, legend_columns):
+    """Ticks, a 0-100 % axis with room above the 100 % bars for the legend, title; saves."""
     axis.set_xticks(positions, labels)
-    axis.set_ylabel("treatment-well accuracy (%)")
-    axis.set_ylim(0, 125)  # room above the 100 % bars for the legend
+    axis.set_ylabel(ylabel)
+    axis.set_ylim(0, 125)
     axis.set_yticks(range(0, 101, 20))
     axis.set_title(title)
-    axis.legend(fontsize=8, loc="upper left", ncol=2)
+    axis.legend(fontsize=8, loc="upper left", ncol=legend_columns)
     figure.tight_layout()
     return save_figure(figure, path)

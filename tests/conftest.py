@@ -186,3 +186,22 @@ def perturbed(weights, rng):
         variable.assign(value.astype(np.float32))
         result.append(value.astype(np.float32))
     return result
+
+
+def parse_train_command_line(argv):
+    """`python -m deepnoise_tf.train`'s parser on `argv` (config loaded, overrides applied)."""
+    from deepnoise_tf import config_flags
+
+    parser = config_flags.argument_parser("python -m deepnoise_tf.train", "Trains one model.")
+    return config_flags.parse_arguments(parser, argv)
+
+
+def cli_error(capsys, argv) -> str:
+    """The `prog: error: ...` line that a bad train command line ends with (exit 2, no traceback)."""
+    with pytest.raises(SystemExit) as exit_info:
+        parse_train_command_line(argv)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("python -m deepnoise_tf.train: error: ")
+    assert not any("Traceback" in line for line in lines)
+    return lines[-1]

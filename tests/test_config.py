@@ -3,9 +3,10 @@
 import pathlib
 
 import pytest
+from conftest import cli_error, parse_train_command_line
 
 from deepnoise_tf import config as config_lib
-from deepnoise_tf import config_flags, scales
+from deepnoise_tf import scales
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -121,27 +122,11 @@ def test_shipped_configs_reject_unknown_variants_at_load(spec, message):
 # The command line
 
 
-def parse(argv):
-    parser = config_flags.argument_parser("python -m deepnoise_tf.train", "Trains one model.")
-    return config_flags.parse_arguments(parser, argv)
-
-
-def cli_error(capsys, argv) -> str:
-    """The `prog: error: ...` line that a bad command line ends with (exit status 2, no traceback)."""
-    with pytest.raises(SystemExit) as exit_info:
-        parse(argv)
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert lines[-1].startswith("python -m deepnoise_tf.train: error: ")
-    assert not any("Traceback" in line for line in lines)
-    return lines[-1]
-
-
 QUICKSTART = ["--config", str(CONFIGS / "quickstart.py"), "--workdir", "somewhere"]
 
 
 def test_command_line_overrides_are_typed():
-    arguments, config = parse(
+    arguments, config = parse_train_command_line(
         QUICKSTART + [
             "--config.train.epochs=3", "--config.data.builder=rxrx1/128",
             "--config.train.learning_rates=(1e-3, 1e-4, 1e-5)", "--config.mean_teacher.labelled_share=1",
@@ -214,7 +199,7 @@ def test_invalid_value_and_malformed_override_are_cli_errors(capsys):
 
 def test_help_explains_overrides(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        parse(["--help"])
+        parse_train_command_line(["--help"])
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "--config.<field>=<value>" in text and "e.g. --config.train.epochs=3" in text

@@ -6,10 +6,10 @@ import json
 import pathlib
 
 import pytest
+from conftest import cli_error
 
 from deepnoise_tf import config as config_lib
 from deepnoise_tf import (
-    config_flags,
     config_renames,
     finetuning,
     pipeline_config,
@@ -231,20 +231,6 @@ def test_the_edges_of_the_fractions_are_valid():
 
 # ------------------------------------------------------------------------------------------------
 # The old names
-
-
-def parse(argv):
-    parser = config_flags.argument_parser("python -m deepnoise_tf.train", "Trains one model.")
-    return config_flags.parse_arguments(parser, argv)
-
-
-def cli_error(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        parse(argv)
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert not any("Traceback" in line for line in lines)
-    return lines[-1]
 
 
 def test_an_old_name_on_the_command_line_names_the_new_field_and_its_value(capsys):
