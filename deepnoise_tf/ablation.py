@@ -28,7 +28,7 @@ every step (e.g. `--config.train.epochs=1` for a smoke run).
 
 `--protocol held_out` (or `development`) runs the steps on synthetic designs of the family instead of
 one data set: every design (`--designs`, default the first two held-out ones) with every training
-seed (`--seeds`, default 0,1,2), checkpoints chosen on the validation experiments and every step
+seed (`--seeds`, default 0,1,2 for development and 100,101,102 for held_out), checkpoints chosen on the validation experiments and every step
 reported on the test split, with bootstrap intervals and a verdict per Fig. 3 ordering
 (`deepnoise_tf.ablation_protocol`; `DIR/protocol.md`; docs/ablation.md, "Protocol"). The feature
 baseline (`--steps feature_baseline`) is a step of every protocol run.
@@ -75,7 +75,10 @@ def parse_command_line(argv):
         "test split with intervals",
     )
     parser.add_argument(
-        "--seeds", default="", help="training seeds of a protocol run, e.g. 0,1,2 (default: 0,1,2)"
+        "--seeds",
+        default="",
+        help="training seeds of a protocol run, e.g. 0,1,2 (default: 0,1,2 for development, "
+        "100,101,102 for held_out; a held-out run refuses the development seeds)",
     )
     parser.add_argument(
         "--designs",
@@ -140,8 +143,8 @@ def check_protocol_arguments(arguments) -> None:
     if arguments.data_dir or arguments.builder:
         raise ValueError("--protocol generates its designs' data: drop --data_dir and --builder")
     arguments.steps = arguments.steps or list(ablation_steps.STEP_NAMES)
-    seeds = arguments.seeds or ",".join(map(str, ablation_protocol.DEFAULT_SEEDS))
-    arguments.seeds = ablation_protocol.parse_seeds(seeds)
+    seeds = ablation_protocol.parse_seeds(arguments.seeds) if arguments.seeds else ()
+    arguments.seeds = ablation_protocol.resolve_seeds(arguments.protocol, seeds)
     designs = tuple(name.strip() for name in arguments.designs.split(",") if name.strip())
     arguments.designs = ablation_protocol.resolve_designs(arguments.protocol, designs)
 

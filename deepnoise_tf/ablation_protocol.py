@@ -31,9 +31,11 @@ from deepnoise_tf import workdir as workdir_lib
 from deepnoise_tf.ablation_training import default_evaluator, default_trainer
 
 PROTOCOLS = ("single", "development", "held_out")
-DEFAULT_SEEDS = (0, 1, 2)
-# Held-out designs evaluated by default: two of three keep `--protocol held_out` within an hour on
-# 2 cores (docs/ablation.md, "Protocol"); `--designs` names others.
+# Training seeds: the held-out protocol reports on seeds that no choice saw, as well as designs.
+PROTOCOL_SEEDS = {"development": (0, 1, 2), "held_out": (100, 101, 102)}
+# Held-out designs evaluated by default: two of the three; the third is kept in reserve for a later
+# check of a recipe changed after a first held-out report (`--designs` names it). Two designs take
+# about 3 h on 2 idle cores today (docs/ablation.md, "Protocol"): the issue asks for one hour.
 HELD_OUT_DESIGN_COUNT = 2
 REPORT_SPLIT = "test"  # checkpoints are chosen on the validation experiments, so report elsewhere
 DATA_FOLDER = "data"
@@ -105,6 +107,18 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds given twice: {text!r}")
     return seeds
+
+
+def resolve_seeds(protocol: str, seeds=()) -> tuple[int, ...]:
+    """The training seeds of `protocol`: `seeds`, else `PROTOCOL_SEEDS[protocol]`. A held-out run
+    refuses the development seeds (and the reverse): a seed that chose the recipe reports nothing."""
+    chosen = parse_seeds(",".join(map(str, seeds))) if seeds else PROTOCOL_SEEDS[protocol]
+    other = "held_out" if protocol == "development" else "development"
+    shared = sorted(set(chosen) & set(PROTOCOL_SEEDS[other]))
+    if shared:
+        raise ValueError(f"seeds {shared} are {other} seeds; {protocol} runs take seeds outside "
+                         f"{list(PROTOCOL_SEEDS[other])} (default {list(PROTOCOL_SEEDS[protocol])})")  # fmt: skip
+    return chosen
 
 
 def prepare_design_data(data_dir: pathlib.Path, design: str) -> tuple[str, str]:
@@ -181,7 +195,7 @@ def run_design(run: ProtocolRun, design: str, design_root: pathlib.Path, seeds, 
 
 
 def run_protocol(
-    workdir, protocol: str, *, seeds=DEFAULT_SEEDS, designs=(), steps=ablation_steps.STEP_NAMES,
+    workdir, protocol: str, *, seeds=(), designs=(), steps=ablation_steps.STEP_NAMES,
     scale: str = "cpu", overrides: dict[str, str] | None = None, configs_dir=None,
     method: str = "assign", trainer=default_trainer, evaluator=default_evaluator,
     floor_fitters=None, prepare_data=prepare_design_data,
@@ -195,7 +209,7 @@ def run_protocol(
     name: "wells", "table", "summary", "orderings".
     """
     designs = resolve_designs(protocol, designs)
-    seeds = parse_seeds(",".join(str(seed) for seed in seeds))
+    seeds = resolve_seeds(protocol, seeds)
     root = pathlib.Path(workdir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     run = ProtocolRun(ablation_steps.steps_to_run(steps), scale, dict(overrides or {}), configs_dir,

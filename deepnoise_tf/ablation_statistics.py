@@ -20,7 +20,7 @@ import numpy as np
 
 BOOTSTRAP_SAMPLES = 2000
 CONFIDENCE = 0.95
-VERDICTS = ("holds clearly", "holds", "fails")
+VERDICTS = ("holds clearly", "holds in the mean", "fails in the mean", "fails clearly")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,14 +101,20 @@ def paired_difference(correct_a, correct_b, **options) -> Interval:
 
 
 def verdict(difference: Interval, strict: bool = True) -> str:
-    """ "holds clearly": the whole interval above 0; "holds": the mean above 0 but the interval
-    reaches 0; "fails": the mean at or below 0. For an "at least as good" ordering (`strict` False)
-    an exact tie counts as "holds" (the 3B ladder's reading in `ablation_steps.ordering_checks`)."""
-    if difference.low > 0:
+    """ "holds clearly": the whole interval above 0; "holds in the mean": the mean above 0 but the
+    interval reaches 0; "fails in the mean": the mean at or below 0 but the interval reaches above
+    it; "fails clearly": the whole interval below 0 (for `>=`, at or below 0 with a mean below 0).
+    Only the outer two are findings; the middle two say the seeds and wells cannot decide. For an
+    "at least as good" ordering (`strict` False) an exact tie counts as holding in the mean (the 3B
+    ladder's reading in `ablation_steps.ordering_checks`), and an interval of exactly [0, 0] as
+    holding clearly (identical predictions)."""
+    if difference.low > 0 or (not strict and difference.low == difference.high == 0):
         return "holds clearly"
     if difference.mean > 0 or (not strict and difference.mean == 0):
-        return "holds"
-    return "fails"
+        return "holds in the mean"
+    if difference.high < 0 or (strict and difference.high <= 0):
+        return "fails clearly"
+    return "fails in the mean"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,7 @@ import pathlib
 
 import pandas as pd
 
+from deepnoise_tf import ablation_statistics as statistics
 from deepnoise_tf import ablation_steps, plots
 from deepnoise_tf import workdir as workdir_lib
 
@@ -61,7 +62,7 @@ def ordering_table(orderings: pd.DataFrame) -> list[str]:
     lines = ["| ordering | group | difference (points) | 95% interval (points) | verdict |",
              "|---|---|---|---|---|"]  # fmt: skip
     for row in orderings.itertuples(index=False):
-        verdict = f"**{row.verdict}**" if row.verdict == "fails" else row.verdict
+        verdict = f"**{row.verdict}**" if row.verdict == "fails clearly" else row.verdict
         lines.append(f"| {row.ordering} | {row.group} | {100 * row.mean_difference:+.1f} | "
                      f"[{100 * row.low:+.1f}, {100 * row.high:+.1f}] | {verdict} |")  # fmt: skip
     return lines
@@ -81,7 +82,7 @@ def floor_sentence(summary: pd.DataFrame) -> str:
 def design_section(design: str, summary: pd.DataFrame, orderings: pd.DataFrame, seeds, split: str) -> str:  # fmt: skip
     """One design's section: steps with intervals, the floors, the orderings, the figures."""
     counts = orderings["verdict"].value_counts()
-    tally = ", ".join(f"{counts.get(v, 0)} {v}" for v in ("holds clearly", "holds", "fails"))
+    tally = ", ".join(f"{counts.get(v, 0)} {v}" for v in statistics.VERDICTS)
     paths = figure_paths(design)
     return "\n".join([
         f"### {data_title(design, seeds, split)}", "",
@@ -97,8 +98,9 @@ def method_note(samples: int) -> str:
         "Per-well treatment accuracy on the test split; checkpoints chosen on the validation "
         f"experiments. Mean over training seeds; 95% percentile bootstrap ({samples} draws) "
         "resampling the wells and the seeds. An ordering *holds clearly* when the interval of the "
-        "paired difference is above 0, *holds* when only its mean is (a tie counts for `>=`), and "
-        "*fails* otherwise."
+        "paired difference is above 0, *holds in the mean* when only its mean is (a tie counts for "
+        "`>=`), *fails clearly* when the interval is below 0, and *fails in the mean* in between: "
+        "the middle two are undecided at this number of seeds and wells."
     )
 
 
