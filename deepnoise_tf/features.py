@@ -231,8 +231,8 @@ def experiment_folds(wells: pd.DataFrame, count: int | None = None) -> np.ndarra
 
     `count` None: one fold per experiment (leave one experiment out). `count` k: the experiments of
     each cell type, sorted by name, are dealt to folds 0..k-1 in turn, so a fold holds out about one
-    experiment per cell type and the fits scoring it still see every cell type (k times fewer fits,
-    each on fewer wells). Call it with the training wells only.
+    experiment per cell type and the fits scoring it still see every cell type (k fits per `l2`
+    instead of one per experiment, each on fewer wells). Call it with the training wells only.
     """
     experiments = wells["experiment"].to_numpy()
     cell_type_of = dict(zip(wells["experiment"], wells["cell_type"], strict=False))
@@ -289,8 +289,8 @@ def cross_validated_l2(
 def feature_baseline_logits(config, report_split: str = "val") -> tuple[pd.DataFrame, np.ndarray]:
     """The feature baseline's `(wells, logits)` on `report_split` (`baselines.REPORT_SPLITS`), in
     the format of `baselines.linear_floor_logits`; `l2` is chosen on the training experiments only."""
-    # One BLAS thread: a fit is ~500 wells x 198 features x ~40 classes, too small to share out;
-    # on a loaded machine the threads' hand-offs made each objective 20x slower (docs/feature_baseline.md).
+    # One BLAS thread: a fit is ~500 wells x 198 features x ~40 classes, too small to share out; on
+    # a loaded machine the threads' hand-offs made each objective 20x slower (docs/feature_baseline.md).
     with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
         return baselines.fit_and_report_wells(
             config, well_features, report_split=report_split, choose_l2=cross_validated_l2
