@@ -166,27 +166,59 @@ def test_plate_zscore_gives_each_plate_mean_zero_and_unit_std():
         np.testing.assert_array_equal(result[rows, 2], 0.0)
 
 
-def test_cross_validation_holds_out_each_training_experiment_once():
-    wells = well_table(["HEPG2-01", "HEPG2-02", "HUVEC-01"])
+def test_each_experiment_sits_in_one_fold_and_grouped_folds_span_the_cell_types():
+    experiments = ["HEPG2-01", "HEPG2-02", "HEPG2-04", "HUVEC-01", "HUVEC-03", "RPE-02"]
+    wells = well_table(experiments)
+    names = wells["experiment"].to_numpy()
+    for count in (None, 2, 3):
+        folds = features.experiment_folds(wells, count)
+        fold_of = {name: set(folds[names == name]) for name in experiments}
+        assert all(len(fold) == 1 for fold in fold_of.values())  # held out exactly once
+        for fold in set(folds):
+            held_out = sorted(set(names[folds == fold]))
+            if count is None:
+                assert len(held_out) == 1
+            else:  # experiments of one cell type are spread over the folds
+                cell_types = [name[:4] for name in held_out]
+                per_type = max(cell_types.count(t) for t in cell_types)
+                assert per_type <= -(-3 // count)  # HEPG2 has 3 experiments
+    assert len(set(features.experiment_folds(wells))) == len(experiments)
+    assert len(set(features.experiment_folds(wells, 2))) == 2
+    with pytest.raises(ValueError, match="two folds"):
+        features.experiment_folds(well_table(["HEPG2-01"]))
+    with pytest.raises(ValueError, match="two folds"):
+        features.experiment_folds(well_table(["HEPG2-01", "HUVEC-01"]), 2)  # one per cell type
+
+
+@pytest.mark.parametrize("fold_count", [None, 2])
+def test_chosen_l2_is_the_brute_force_best_of_the_grid(fold_count, capsys):
+    """Noisy stand-in features: cold fits per fold and l2, counted by hand, against the chooser."""
+    wells = well_table(
+        ["HEPG2-01", "HEPG2-02", "HUVEC-01", "HUVEC-02"], wells_per_plate=12, classes=4
+    )
     rng = np.random.default_rng(5)
-    values = rng.normal(size=(len(wells), 2)) + 4.0 * wells["label"].to_numpy()[:, None]
-    seen = []
-
-    def recording_fit(fit_features, labels, *, l2, warm_start):
-        seen.append((l2, {tuple(row) for row in fit_features}))
-        return baselines.fit_softmax_regression(fit_features, labels, l2=l2, warm_start=warm_start)
-
-    grid = (1e-3, 1e-1)
-    chosen = features.leave_one_experiment_out_l2(wells, values, grid=grid, fit=recording_fit)
-    assert chosen == max(grid)  # separable: every l2 is perfect, ties go to the larger
-    assert len(seen) == 3 * len(grid)
-    experiments = wells["experiment"].to_numpy()
-    for index, (l2, rows) in enumerate(seen):
-        held_out = sorted(set(experiments))[index // len(grid)]
-        assert rows == {tuple(row) for row in values[experiments != held_out]}
-        assert l2 == grid[::-1][index % len(grid)]
-    with pytest.raises(ValueError, match="two experiments"):
-        features.leave_one_experiment_out_l2(wells.iloc[:12], values[:12])
+    labels = wells["label"].to_numpy()
+    values = rng.normal(size=(len(wells), 5)) + 0.8 * rng.normal(size=(4, 5))[labels]
+    grid = (1e-3, 1e-1, 3.0, 30.0)
+    folds = features.experiment_folds(wells, fold_count)
+    correct = []
+    for l2 in grid:
+        count = 0
+        for fold in np.unique(folds):
+            held_out = folds == fold
+            model = baselines.fit_softmax_regression(values[~held_out], labels[~held_out], l2=l2)
+            count += np.sum(
+                model.classes[model.logits(values[held_out]).argmax(1)] == labels[held_out]
+            )
+        correct.append(count)
+    assert len(set(correct)) > 1  # the grid matters on these features
+    expected = max(l2 for l2, count in zip(grid, correct, strict=True) if count == max(correct))
+    chosen = features.cross_validated_l2(wells, values, grid=grid, fold_count=fold_count)
+    assert chosen == expected
+    assert (
+        f"[features] l2={expected:g} chosen by {len(np.unique(folds))}-fold CV"
+        in capsys.readouterr().out
+    )
 
 
 def test_a_warm_start_reaches_the_same_optimum():
@@ -200,27 +232,41 @@ def test_a_warm_start_reaches_the_same_optimum():
 
 
 def test_feature_baseline_never_fits_or_tunes_on_validation_wells(monkeypatch):
-    """A stand-in for the image features: the report wells are the validation experiments and the
-    l2 chooser sees the training experiments only."""
+    """A stand-in for the image features: the report wells are the validation experiments, and
+    every cross-validation fit and every fold it scores holds training wells only."""
     config = tiny_config("/nowhere", "rxrx1/native", **{"data.val_experiments": ("HUVEC-02",)})
-    wells = well_table(["HEPG2-01", "HUVEC-01", "HUVEC-02"], classes=4)
+    training = {"HEPG2-01", "HEPG2-02", "HUVEC-01"}
+    wells = well_table([*sorted(training), "HUVEC-02"], classes=4)
     rng = np.random.default_rng(6)
     values = rng.normal(size=(len(wells), 4)) + 3.0 * np.eye(4)[wells["label"].to_numpy()]
-    chooser_saw = []
+    row_experiment = {
+        tuple(row): name for row, name in zip(values, wells["experiment"], strict=True)
+    }
+    chooser_saw, fits_saw = [], []
+
+    def recording_fit(fit_features, labels, *, l2, warm_start):
+        fits_saw.append({row_experiment[tuple(row)] for row in fit_features})
+        return baselines.fit_softmax_regression(fit_features, labels, l2=l2, warm_start=warm_start)
 
     def chooser(fit_wells, fit_features):
         chooser_saw.append(set(fit_wells["experiment"]))
-        return 1e-2
+        return real_chooser(fit_wells, fit_features, fit=recording_fit)
 
+    real_chooser = features.cross_validated_l2
     monkeypatch.setattr(features, "well_features", lambda config, split: (wells, values))
-    monkeypatch.setattr(features, "leave_one_experiment_out_l2", chooser)
+    monkeypatch.setattr(features, "cross_validated_l2", chooser)
     report_wells, logits = features.feature_baseline_logits(config)
-    assert chooser_saw == [{"HEPG2-01", "HUVEC-01"}]
+    assert chooser_saw == [training]
+    held_out_sets = {frozenset(training - seen) for seen in fits_saw}
+    assert all(seen < training for seen in fits_saw)  # no fit sees a validation well
+    assert held_out_sets == {frozenset({name}) for name in training}  # each held out once
+    assert len(fits_saw) == len(training) * len(features.L2_GRID)
     assert set(report_wells["experiment"]) == {"HUVEC-02"}
     assert logits.shape == (len(report_wells), constants.NUM_CLASSES)
     fit_rows = ~wells["experiment"].eq("HUVEC-02").to_numpy()
+    chosen = real_chooser(wells[fit_rows], values[fit_rows])
     model = baselines.fit_softmax_regression(
-        values[fit_rows], wells["label"].to_numpy()[fit_rows], l2=1e-2
+        values[fit_rows], wells["label"].to_numpy()[fit_rows], l2=chosen
     )
     np.testing.assert_allclose(logits, baselines.full_class_logits(model, values[~fit_rows]))
     with pytest.raises(ValueError, match="report_split"):
