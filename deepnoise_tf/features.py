@@ -246,11 +246,13 @@ def experiment_folds(wells: pd.DataFrame, count: int | None = None) -> np.ndarra
 
 
 def cross_validation_correct(
-    features: np.ndarray, labels: np.ndarray, folds: np.ndarray, grid, fit
+    features: np.ndarray, labels: np.ndarray, folds: np.ndarray, grid, fit, scored=None
 ) -> np.ndarray:
     """`[len(grid)]` correct held-out wells summed over the folds, each fold predicted by a fit on
-    the others. Per fold the grid is walked from strong to weak `l2`, each fit starting from the
-    previous one (`warm_start`: the same optimum in fewer steps)."""
+    the others; only the wells marked in `scored` count (default all). Per fold the grid is walked
+    from strong to weak `l2`, each fit starting from the previous one (`warm_start`: the same
+    optimum in fewer steps)."""
+    scored = np.ones(len(labels), bool) if scored is None else np.asarray(scored, bool)
     correct = np.zeros(len(grid))
     for fold in np.unique(folds):
         held_out = folds == fold
@@ -258,7 +260,7 @@ def cross_validation_correct(
         for index in np.argsort(grid)[::-1]:
             model = fit(features[~held_out], labels[~held_out], l2=grid[index], warm_start=model)
             predictions = model.classes[np.argmax(model.logits(features[held_out]), axis=1)]
-            correct[index] += np.sum(predictions == labels[held_out])
+            correct[index] += np.sum((predictions == labels[held_out]) & scored[held_out])
     return correct
 
 
@@ -269,18 +271,23 @@ def cross_validated_l2(
     fit=baselines.fit_softmax_regression,
     fold_count: int | None = None,
 ) -> float:
-    """The `l2` of `grid` with the most correct held-out wells over `experiment_folds(wells,
-    fold_count)` (default: leave one experiment out); ties go to the larger (simpler) `l2`. Call it
+    """The `l2` of `grid` with the most correct held-out treatment wells over
+    `experiment_folds(wells, fold_count)` (default: leave one experiment out); ties go to the larger
+    (simpler) `l2`. Controls are fitted but not counted: the reported accuracy is over treatment
+    wells, and the repeated control classes would otherwise weigh a third of the score. Call it
     with the training wells only; it prints its choice."""
     start = time.perf_counter()
     folds = experiment_folds(wells, fold_count)
-    correct = cross_validation_correct(features, wells["label"].to_numpy(), folds, grid, fit)
+    treatment = (wells["well_type"] == "treatment").to_numpy()
+    correct = cross_validation_correct(
+        features, wells["label"].to_numpy(), folds, grid, fit, scored=treatment
+    )
     best = max(grid[index] for index in np.flatnonzero(correct == correct.max()))
     scores = ", ".join(f"{l2:g}: {count:.0f}" for l2, count in zip(grid, correct, strict=True))
     print(
         f"[features] l2={best:g} chosen by {len(np.unique(folds))}-fold CV over "
         f"{wells['experiment'].nunique()} training experiments ({len(np.unique(folds)) * len(grid)} "
-        f"fits, {time.perf_counter() - start:.1f} s; correct of {len(wells)} wells: {scores})",
+        f"fits, {time.perf_counter() - start:.1f} s; correct of {int(treatment.sum())} treatment wells: {scores})",
         flush=True,
     )
     return float(best)

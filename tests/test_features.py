@@ -198,6 +198,9 @@ def test_chosen_l2_is_the_brute_force_best_of_the_grid(fold_count, capsys):
     )
     rng = np.random.default_rng(5)
     labels = wells["label"].to_numpy()
+    wells.loc[wells["well"].isin(["B02", "B03"]), "well_type"] = (
+        "positive_control"  # fitted, not counted
+    )
     values = rng.normal(size=(len(wells), 5)) + 0.8 * rng.normal(size=(4, 5))[labels]
     grid = (1e-3, 1e-1, 3.0, 30.0)
     folds = features.experiment_folds(wells, fold_count)
@@ -207,17 +210,20 @@ def test_chosen_l2_is_the_brute_force_best_of_the_grid(fold_count, capsys):
         for fold in np.unique(folds):
             held_out = folds == fold
             model = baselines.fit_softmax_regression(values[~held_out], labels[~held_out], l2=l2)
-            count += np.sum(
-                model.classes[model.logits(values[held_out]).argmax(1)] == labels[held_out]
-            )
+            right = model.classes[model.logits(values[held_out]).argmax(1)] == labels[held_out]
+            count += np.sum(right[wells["well_type"].to_numpy()[held_out] == "treatment"])
         correct.append(count)
     assert len(set(correct)) > 1  # the grid matters on these features
     expected = max(l2 for l2, count in zip(grid, correct, strict=True) if count == max(correct))
     chosen = features.cross_validated_l2(wells, values, grid=grid, fold_count=fold_count)
     assert chosen == expected
+    printed = capsys.readouterr().out
+    assert f"[features] l2={expected:g} chosen by {len(np.unique(folds))}-fold CV" in printed
+    # Every grid point's count of correct held-out treatment wells (controls fitted, not counted).
+    scores = ", ".join(f"{l2:g}: {count}" for l2, count in zip(grid, correct, strict=True))
     assert (
-        f"[features] l2={expected:g} chosen by {len(np.unique(folds))}-fold CV"
-        in capsys.readouterr().out
+        f"correct of {int((wells['well_type'] == 'treatment').sum())} treatment wells: {scores})"
+        in printed
     )
 
 
