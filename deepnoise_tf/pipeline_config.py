@@ -75,11 +75,12 @@ def member_config(config, backbone: str, round_index: int):
     Round 0 trains `pipeline.train_epochs` (0 = `train.epochs`). Later rounds start from the previous
     round's checkpoint, whose optimizer state (step counter included) comes with it, so the
     schedules continue; they train `pipeline.retrain_epochs` at the constant
-    `pipeline.retrain_learning_rate` (0 = the continued `train` schedule). Every round keeps the
-    shared config's schedule length (`train.schedule_epochs`): its schedules sit at the same
-    epochs whatever the round's own `train.epochs`.
+    `pipeline.retrain_learning_rate` (0 = the continued `train` schedule). Every round keeps round
+    0's schedule length (`train.schedule_epochs`, else round 0's epochs): the schedules follow
+    round 0's length (`--config.pipeline.train_epochs=96` moves the learning-rate steps with it)
+    and sit at the same epochs whatever a later round's own `train.epochs`.
     """
-    from deepnoise_tf import models, schedules  # keras, as validate (which imports them anyway)
+    from deepnoise_tf import models  # keras, as validate (which imports it anyway)
 
     pipeline = config.pipeline
     result = copy.deepcopy(config)
@@ -88,9 +89,10 @@ def member_config(config, backbone: str, round_index: int):
         result.model.backbone = backbone
         if backbone not in models.IMAGENET_BACKBONES:
             result.model.imagenet_weights = ""  # Xception-Wide trains from scratch (method.md §4)
-        result.train.schedule_epochs = schedules.run_schedule(config).length
+        first_round_epochs = int(pipeline.train_epochs or config.train.epochs)
+        result.train.schedule_epochs = int(config.train.schedule_epochs or first_round_epochs)
         if round_index == 0:
-            result.train.epochs = int(pipeline.train_epochs or config.train.epochs)
+            result.train.epochs = first_round_epochs
         else:
             result.train.epochs = int(pipeline.retrain_epochs or config.train.epochs)
             if pipeline.retrain_learning_rate:

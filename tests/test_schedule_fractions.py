@@ -92,10 +92,18 @@ def test_pipeline_rounds_keep_the_first_rounds_schedule(spec, expected):
     # Without the constant rate the later round continues the first round's boundaries.
     with config.unlocked():
         config.pipeline.retrain_learning_rate = 0.0
-        config.pipeline.train_epochs = 3  # round 0 shortened: its schedule stays put, as before
-    assert epochs_of(pipeline_config.member_config(config, "xception", 1)) == expected
-    shortened = pipeline_config.member_config(config, "xception", 0)
-    assert shortened.train.epochs == 3 and epochs_of(shortened) == expected
+        config.pipeline.train_epochs = 3 * expected[0]  # round 0 three times longer
+    # The schedules follow round 0's length, in round 0 and in the rounds that continue it.
+    longer = schedules.run_schedule(
+        pipeline_config.member_config(config, "xception", 0)
+    )  # fmt: skip
+    assert longer.length == 3 * expected[0]
+    assert longer.lr_boundaries == tuple(3 * epoch for epoch in expected[1])
+    continued = pipeline_config.member_config(config, "xception", 1)
+    assert schedules.run_schedule(continued).lr_boundaries == longer.lr_boundaries
+    with config.unlocked():
+        config.train.schedule_epochs = expected[0]  # a length set by hand wins
+    assert epochs_of(pipeline_config.member_config(config, "xception", 0)) == expected
 
 
 @pytest.mark.parametrize(
