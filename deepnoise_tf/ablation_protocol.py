@@ -180,7 +180,7 @@ def run_design(run: ProtocolRun, design: str, design_root: pathlib.Path, seeds, 
         ablation_steps.run_steps(
             run.names, configs, seed_root, trainer=run.trainer, evaluator=run.evaluator,
             report_split=REPORT_SPLIT, floor_root=design_root / FLOORS_FOLDER,
-            floor_fitters=run.floor_fitters, prefix=prefix,
+            floor_fitters=run.floor_fitters, prefix=prefix, frozen=True,
         )  # fmt: skip
         cached, _ = ablation_steps.load_cached(
             seed_root, configs, report_split=REPORT_SPLIT, floor_root=design_root / FLOORS_FOLDER

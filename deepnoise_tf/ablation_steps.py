@@ -148,19 +148,17 @@ def training_finished(step_folder) -> bool:
 
 
 def run_training_step(
-    step: Step, config, root: pathlib.Path, *, trainer, evaluator, report_split: str = "val"
-) -> str:
+    step: Step, config, root: pathlib.Path, *, trainer, evaluator, report_split: str = "val",
+    frozen: bool = False,
+) -> str:  # fmt: skip
     """Trains (or resumes) and evaluates one step unless its logits are cached; returns what it did.
 
-    `evaluator(config, step_folder, report_split=...)` scores the wells of `report_split`.
+    `evaluator(config, step_folder, report_split=...)` scores the wells of `report_split`. A step
+    started with another config is refused (resuming would mix two configs in one model); with
+    `frozen` (the protocol: one recipe across designs and seeds) a finished one is refused too.
     """
     step_folder = root / step.name
-    drift = workdir_lib.config_drift(step_folder, config)
-    if drift and not training_finished(step_folder):  # resuming would mix two configs in one model
-        raise ValueError(
-            f"{step_folder} was started with another config ({'; '.join(drift)}). Delete that "
-            "folder to redo the step, or use another --workdir."
-        )
+    check_recipe(step_folder, config, frozen=frozen)
     if is_cached(step_folder, report_split):
         return "cached"
     start = time.perf_counter()
@@ -341,11 +339,25 @@ def steps_to_run(steps) -> list[str]:
     return [name for name in STEP_NAMES if name in wanted]
 
 
+def check_recipe(step_folder: pathlib.Path, config, *, frozen: bool) -> None:
+    """Raises ValueError when `step_folder` was made with another config than `config` and is
+    unfinished, or, with `frozen`, at all: the protocol's numbers must come from one recipe."""
+    drift = workdir_lib.config_drift(step_folder, config)
+    if not drift or not (frozen or not training_finished(step_folder)):
+        return
+    why = ("the protocol's recipe is frozen: a rerun with another config would mix two recipes in "
+           "one interval" if frozen else "resuming would mix two configs in one model")  # fmt: skip
+    raise ValueError(f"{step_folder} was made with another config ({'; '.join(drift)}); {why}. "
+                     "Delete that folder to redo the step, or use another --workdir.")  # fmt: skip
+
+
 def run_steps(names, configs: dict, root: pathlib.Path, *, trainer, evaluator,
-              report_split: str = "val", floor_root=None, floor_fitters=None, prefix: str = "") -> None:  # fmt: skip
+              report_split: str = "val", floor_root=None, floor_fitters=None, prefix: str = "",
+              frozen: bool = False) -> None:  # fmt: skip
     """Runs (or finds cached) each named step, logging what it did and how long it took.
 
     Floors go to `floor_root` (default `root`): the protocol shares them between training seeds.
+    `frozen`: `run_training_step`'s.
     """
     reference = configs["norm_plate"]
     start = time.perf_counter()
@@ -357,7 +369,8 @@ def run_steps(names, configs: dict, root: pathlib.Path, *, trainer, evaluator,
                                     report_split=report_split, fitters=floor_fitters)  # fmt: skip
         else:
             action = run_training_step(STEPS_BY_NAME[name], configs[name], root, trainer=trainer,
-                                       evaluator=evaluator, report_split=report_split)  # fmt: skip
+                                       evaluator=evaluator, report_split=report_split,
+                                       frozen=frozen)  # fmt: skip
         _log(f"{prefix}step {index}/{len(names)} {name}: {action} in "
              f"{time.perf_counter() - step_start:.0f} s (total {(time.perf_counter() - start) / 60:.1f} min)")  # fmt: skip
 

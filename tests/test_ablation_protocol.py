@@ -366,6 +366,22 @@ def test_rerun_resumes_without_retraining(protocol_run):
     assert stand_ins.trained == [] and stand_ins.evaluated == [("held_a", 101, "arcface", "test")]
 
 
+def test_a_rerun_with_another_recipe_is_refused(protocol_run, family):
+    """The recipe is frozen: finished steps made with another config are not mixed into the tables."""
+    workdir, stand_ins, _, _, _ = protocol_run
+    for calls in (stand_ins.trained, stand_ins.evaluated):
+        calls.clear()
+    with pytest.raises(ValueError, match="recipe is frozen") as error:
+        ablation_protocol.run_protocol(
+            workdir, "held_out", seeds=SEEDS, overrides={**TINY_OVERRIDES, "train.epochs": "2"},
+            samples=50, trainer=stand_ins.trainer, evaluator=stand_ins.evaluator,
+            floor_fitters={name: stand_ins.fitter(name) for name in ablation_steps.FLOOR_STEPS},
+            prepare_data=stand_ins.prepare_data,
+        )  # fmt: skip
+    assert "train.epochs" in str(error.value)
+    assert stand_ins.trained == [] and stand_ins.evaluated == []
+
+
 # ------------------------------------------------------------------------------------------------
 # The command line
 
