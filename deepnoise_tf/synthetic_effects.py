@@ -119,8 +119,9 @@ def plate_effects(
 ) -> SiteEffects | None:
     """The effects of the sites of one plate whose wells are `wells` (one name per site); None if off.
 
-    Seeded by (seed, cell type, experiment number, plate), so a site's effects do not depend on which
-    other sites are rendered with it.
+    Seeded by (seed, cell type, experiment number, plate). The per-well effects (density, focus) are
+    drawn in the order of the distinct wells in `wells`, so they depend on which wells of the plate
+    are rendered together: `synthetic_images.generate_images` always passes whole plates.
     """
     if is_off(parameters):
         return None
