@@ -15,16 +15,10 @@ import pandas as pd
 
 from deepnoise_tf import evaluation
 from deepnoise_tf import workdir as workdir_lib
+from deepnoise_tf.baselines import check_report_split
 
 EVALUATION_FOLDER = "evaluation"  # in each step's folder: logits.npz, then done.json
 LOGITS_FILE = "logits.npz"
-REPORT_SPLITS = ("val", "test")  # the held-out experiments of the train split, or the test split
-
-
-def check_report_split(report_split: str) -> str:
-    if report_split not in REPORT_SPLITS:
-        raise ValueError(f"report_split must be one of {REPORT_SPLITS}, got {report_split!r}")
-    return report_split
 
 
 def cached_split(step_folder) -> str | None:

@@ -21,7 +21,6 @@ from deepnoise_tf import baselines, data, evaluation, features, plots, scales
 from deepnoise_tf import config as config_lib
 from deepnoise_tf import workdir as workdir_lib
 from deepnoise_tf.ablation_cache import (
-    check_report_split,
     is_cached,
     load_step_logits,
     save_step_logits,
@@ -139,7 +138,7 @@ def with_data(config, data_dir: str, builder: str):
 
 def floor_config(config, report_split: str = "val"):
     """What a floor depends on: the data section and the split it reports (no training settings)."""
-    report = {"split": check_report_split(report_split)}
+    report = {"split": baselines.check_report_split(report_split)}
     return ml_collections.ConfigDict({"data": config.data.to_dict(), "report": report})
 
 

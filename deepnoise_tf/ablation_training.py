@@ -13,7 +13,7 @@ import pathlib
 import numpy as np
 import pandas as pd
 
-from deepnoise_tf import ablation_cache, plots
+from deepnoise_tf import baselines, plots
 from deepnoise_tf import workdir as workdir_lib
 
 REPORT_FOLDER = "report"  # in each training step's folder: its training curves
@@ -48,7 +48,7 @@ def default_trainer(config, step_folder: str) -> None:
 
 def report_wells(config, report_split: str) -> tuple[str, tuple[str, ...]]:
     """`(TFDS split, experiments)` that `report_split` scores (experiments () = all of the split)."""
-    if ablation_cache.check_report_split(report_split) == "test":
+    if baselines.check_report_split(report_split) == "test":
         return "test", ()
     experiments = tuple(config.data.val_experiments)
     if not experiments:

@@ -125,6 +125,13 @@ def full_class_logits(model: SoftmaxRegression, features: np.ndarray) -> np.ndar
 REPORT_SPLITS = ("val", "test")  # the held-out validation experiments, or the test split
 
 
+def check_report_split(report_split: str) -> str:
+    """`report_split` if it is one of `REPORT_SPLITS`, else ValueError."""
+    if report_split not in REPORT_SPLITS:
+        raise ValueError(f"report_split must be one of {REPORT_SPLITS}, got {report_split!r}")
+    return report_split
+
+
 def site_feature_table(
     config, split: str, site_features: Callable[[dict], np.ndarray], *, batch_size: int = 16
 ) -> tuple[pd.DataFrame, np.ndarray]:
@@ -183,8 +190,7 @@ def fit_and_report_wells(
     score one and the same model. `well_features(config, split) -> (wells, features)`;
     `choose_l2(fit_wells, fit_features) -> l2` sees only the fitted wells (None: the fixed default).
     """
-    if report_split not in REPORT_SPLITS:
-        raise ValueError(f"report_split must be one of {REPORT_SPLITS}, got {report_split!r}")
+    check_report_split(report_split)
     wells, features = well_features(config, "train")
     held_out = wells["experiment"].isin(list(config.data.val_experiments)).to_numpy()
     fit_wells, fit_features = wells[~held_out].reset_index(drop=True), features[~held_out]
