@@ -19,6 +19,7 @@ from deepnoise_tf import (
     ablation_protocol,
     ablation_steps,
     constants,
+    data,
     evaluation,
     plots,
     synthetic,
@@ -380,6 +381,30 @@ def test_a_rerun_with_another_recipe_is_refused(protocol_run, family):
         )  # fmt: skip
     assert "train.epochs" in str(error.value)
     assert stand_ins.trained == [] and stand_ins.evaluated == []
+
+
+@pytest.mark.parametrize("report_split, excluded", [("val", ("E-val",)), ("test", ())])
+def test_the_plate_prior_learns_from_training_experiments_that_are_not_reported(
+    monkeypatch, report_split, excluded
+):
+    """Reporting on the validation experiments keeps them out of the plate design the prior learns;
+    reporting on the test split may learn from the whole train split."""
+    calls = []
+
+    def recorded(data_dir, builder, split, exclude_experiments=()):
+        calls.append((data_dir, builder, split, tuple(exclude_experiments)))
+        return "design"
+
+    monkeypatch.setattr(data, "plate_design_from_split", recorded)
+    reference = config_lib.default_config()
+    with reference.unlocked():
+        reference.data.val_experiments = ("E-val",)
+        reference.data.data_dir, reference.data.builder = "/d", "rxrx1/native"
+    members = {name: None for name in ablation_steps.STEPS_BY_NAME["postprocess"].members}
+    assert ablation_steps.report_plate_design(reference, members, report_split) == "design"
+    assert calls == [("/d", "rxrx1/native", "train", excluded)]
+    del members[next(iter(members))]  # a member missing: no plate prior at all
+    assert ablation_steps.report_plate_design(reference, members, report_split) is None
 
 
 # ------------------------------------------------------------------------------------------------
