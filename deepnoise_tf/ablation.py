@@ -87,6 +87,13 @@ def parse_command_line(argv):
         "the first two held-out ones)",
     )
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        help="trainings of a protocol run at a time, one process each with an equal share of the "
+        "cores (default 0: one per usable core at the cpu scales, 1 at paper scale)",
+    )
+    parser.add_argument(
         "--data_dir",
         default="",
         help="TFDS data dir with rxrx1 (cpu scales: optional, the synthetic preset is generated "
@@ -98,9 +105,11 @@ def parse_command_line(argv):
     parser.add_argument(
         "--scale",
         choices=ablation_steps.SCALES,
-        default="cpu",
-        help="cpu: every config's :cpu variant on the synthetic ablation preset; cpu_morphology: "
-        "the shape phenotype; paper: the paper configs as they are",
+        default=None,
+        help="cpu: every config's :cpu variant on the synthetic ablation preset; cpu_family: the "
+        "same training recipe, frozen for the protocols (validation every second epoch, no "
+        "export); cpu_morphology: the shape phenotype; paper: the paper configs as they are "
+        "(default: cpu for --protocol single, cpu_family otherwise)",
     )
     parser.add_argument(
         "--steps",
@@ -132,10 +141,13 @@ def parse_command_line(argv):
 
 def check_protocol_arguments(arguments) -> None:
     """Fills the protocol's defaults in `arguments`; a flag that does not fit the protocol fails."""
-    from deepnoise_tf import ablation_protocol, ablation_steps
+    from deepnoise_tf import ablation_jobs, ablation_protocol, ablation_steps, scales
 
+    arguments.scale = arguments.scale or scales.DEFAULT_SCALES[arguments.protocol]
+    if arguments.jobs < 0:
+        raise ValueError(f"--jobs must be 0 (automatic) or more, got {arguments.jobs}")
     if arguments.protocol == "single":
-        given = [flag for flag in ("seeds", "designs") if getattr(arguments, flag)]
+        given = [flag for flag in ("seeds", "designs", "jobs") if getattr(arguments, flag)]
         if given:
             raise ValueError(f"--{given[0]} needs --protocol development or held_out")
         arguments.steps = arguments.steps or list(ablation_steps.DEFAULT_STEPS)
@@ -147,11 +159,13 @@ def check_protocol_arguments(arguments) -> None:
     arguments.seeds = ablation_protocol.resolve_seeds(arguments.protocol, seeds)
     designs = tuple(name.strip() for name in arguments.designs.split(",") if name.strip())
     arguments.designs = ablation_protocol.resolve_designs(arguments.protocol, designs)
+    if not arguments.jobs:  # trainings at CPU scale hardly use a second core (`ablation_jobs`)
+        arguments.jobs = 1 if arguments.scale == "paper" else ablation_jobs.usable_cores()
 
 
 def main(argv=None) -> pd.DataFrame:
     argv = sys.argv[1:] if argv is None else argv
-    quiet.configure(argv)
+    verbose = quiet.configure(argv)
     arguments, overrides = parse_command_line(argv)
     from deepnoise_tf import ablation_protocol, ablation_steps
 
@@ -160,7 +174,7 @@ def main(argv=None) -> pd.DataFrame:
             arguments.workdir, arguments.protocol, seeds=arguments.seeds,
             designs=arguments.designs, steps=tuple(arguments.steps), scale=arguments.scale,
             overrides=overrides, configs_dir=arguments.configs_dir or None,
-            method=arguments.postprocess,
+            method=arguments.postprocess, jobs=arguments.jobs, verbose=verbose,
         )["summary"]  # fmt: skip
     return ablation_steps.run_ablation(
         arguments.workdir,

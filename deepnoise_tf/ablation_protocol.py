@@ -24,8 +24,8 @@ import time
 
 import pandas as pd
 
+from deepnoise_tf import ablation_jobs, ablation_steps, protocol_report
 from deepnoise_tf import ablation_statistics as statistics
-from deepnoise_tf import ablation_steps, protocol_report
 from deepnoise_tf import config as config_lib
 from deepnoise_tf import workdir as workdir_lib
 from deepnoise_tf.ablation_training import default_evaluator, default_trainer
@@ -163,50 +163,83 @@ class ProtocolRun:
     start: float
 
 
-def run_design(run: ProtocolRun, design: str, design_root: pathlib.Path, seeds, *, prepare_data,
-               label: str) -> pd.DataFrame:  # fmt: skip
-    """Every seed of one design: its steps run (or cached), its test wells scored per step."""
+@dataclasses.dataclass(frozen=True)
+class DesignSeed:
+    """One (design, seed) of a protocol run: where it trains and the configs of its steps."""
+
+    design: str
+    seed: int
+    root: pathlib.Path  # DIR/<design>/seed_<seed>
+    floor_root: pathlib.Path  # DIR/<design>/floors, shared by the seeds
+    configs: dict
+    prefix: str
+
+
+def prepare_design(run: ProtocolRun, design: str, design_root: pathlib.Path, seeds, *,
+                   prepare_data, label: str) -> list[DesignSeed]:  # fmt: skip
+    """A design's data (generated once), its floors (fitted once) and its (design, seed) units."""
     _log(f"{label}: data in {design_root / DATA_FOLDER} (generated once, shared by the seeds)")
     data_dir, builder = prepare_data(design_root / DATA_FOLDER, design)
-    frames, plate_design = [], None
+    units = []
     for index, seed in enumerate(seeds, 1):
-        seed_root = design_root / f"seed_{seed}"
         configs, _ = ablation_steps.training_configs(
-            seed_root, data_dir=data_dir, builder=builder, scale=run.scale,
+            design_root / f"seed_{seed}", data_dir=data_dir, builder=builder, scale=run.scale,
             overrides={**run.overrides, "train.seed": str(seed)}, configs_dir=run.configs_dir,
         )  # fmt: skip
-        prefix = f"{label}, seed {seed} ({index}/{len(seeds)}): "
-        _log(f"{prefix}started at {(time.perf_counter() - run.start) / 60:.1f} min")
+        units.append(DesignSeed(design, seed, design_root / f"seed_{seed}",
+                                design_root / FLOORS_FOLDER, configs,
+                                f"{label}, seed {seed} ({index}/{len(seeds)}): "))  # fmt: skip
+    floors = [name for name in run.names if ablation_steps.STEPS_BY_NAME[name].is_floor]
+    if floors:  # before any training: the seeds' units may run side by side (`ablation_jobs`)
         ablation_steps.run_steps(
-            run.names, configs, seed_root, trainer=run.trainer, evaluator=run.evaluator,
-            report_split=REPORT_SPLIT, floor_root=design_root / FLOORS_FOLDER,
-            floor_fitters=run.floor_fitters, prefix=prefix, frozen=True,
+            floors, units[0].configs, units[0].root, trainer=run.trainer,
+            evaluator=run.evaluator, report_split=REPORT_SPLIT, floor_root=units[0].floor_root,
+            floor_fitters=run.floor_fitters, prefix=f"{label}: ", frozen=True,
         )  # fmt: skip
+    return units
+
+
+def training_unit(run: ProtocolRun, unit: DesignSeed) -> ablation_jobs.Unit:
+    """The training steps of one (design, seed), as `ablation_jobs` runs them."""
+    names = [name for name in run.names if ablation_steps.STEPS_BY_NAME[name].trains]
+    defaults = run.trainer is default_trainer and run.evaluator is default_evaluator
+    return ablation_jobs.Unit(
+        tuple(names), unit.configs, str(unit.root), unit.prefix, REPORT_SPLIT,
+        trainer=None if defaults else run.trainer, evaluator=None if defaults else run.evaluator,
+    )  # fmt: skip
+
+
+def score_design(run: ProtocolRun, units: list[DesignSeed]) -> pd.DataFrame:
+    """The per-well outcomes of every step of one design's seeds, from their cached logits."""
+    frames, plate_design = [], None
+    for unit in units:
         cached, _ = ablation_steps.load_cached(
-            seed_root, configs, report_split=REPORT_SPLIT, floor_root=design_root / FLOORS_FOLDER
+            unit.root, unit.configs, report_split=REPORT_SPLIT, floor_root=unit.floor_root
         )
         if plate_design is None:  # learned once per design, from the train split's labels
             plate_design = ablation_steps.report_plate_design(
-                configs["norm_plate"], cached, REPORT_SPLIT
+                unit.configs["norm_plate"], cached, REPORT_SPLIT
             )
         outcomes = well_outcomes(cached, plate_design=plate_design, method=run.method)
-        frames.append(outcomes.assign(design=design, seed=seed))
+        frames.append(outcomes.assign(design=unit.design, seed=unit.seed))
     return pd.concat(frames, ignore_index=True)[list(WELL_COLUMNS)]
 
 
 def run_protocol(
     workdir, protocol: str, *, seeds=(), designs=(), steps=ablation_steps.STEP_NAMES,
-    scale: str = "cpu", overrides: dict[str, str] | None = None, configs_dir=None,
+    scale: str = "cpu_family", overrides: dict[str, str] | None = None, configs_dir=None,
     method: str = "assign", trainer=default_trainer, evaluator=default_evaluator,
     floor_fitters=None, prepare_data=prepare_design_data,
-    samples: int = statistics.BOOTSTRAP_SAMPLES,
+    samples: int = statistics.BOOTSTRAP_SAMPLES, jobs: int = 1, verbose: bool = False,
 ) -> dict[str, pd.DataFrame]:  # fmt: skip
     """Runs `steps` for every design and seed of `protocol`, then writes the tables, report, figures.
 
     `trainer`, `evaluator(config, step_folder, report_split=...)`, `floor_fitters` (`{floor:
     fitter}`, default `ablation_steps.FLOOR_FITTERS`) and `prepare_data(data_dir, design) ->
-    (data_dir, builder)` are replaceable (tests hand in stand-ins). Returns the written tables by
-    name: "wells", "table", "summary", "orderings".
+    (data_dir, builder)` are replaceable (tests hand in stand-ins; with `jobs` > 1 the trainer and
+    evaluator must pickle). Every design's data and floors are made first; then the (design, seed)
+    trainings run, `jobs` at a time in their own processes (`ablation_jobs`). Returns the written
+    tables by name: "wells", "table", "summary", "orderings".
     """
     designs = resolve_designs(protocol, designs)
     seeds = resolve_seeds(protocol, seeds)
@@ -215,9 +248,10 @@ def run_protocol(
     run = ProtocolRun(ablation_steps.steps_to_run(steps), scale, dict(overrides or {}), configs_dir,
                       method, trainer, evaluator, floor_fitters, time.perf_counter())  # fmt: skip
     _log(f"{protocol}: designs {', '.join(designs)}; seeds {', '.join(map(str, seeds))}; "
-         f"{len(run.names)} steps each; reported on the {REPORT_SPLIT} split")  # fmt: skip
-    frames = [
-        run_design(
+         f"{len(run.names)} steps each; reported on the {REPORT_SPLIT} split; {jobs} job(s) at a "
+         f"time ({ablation_jobs.threads_per_job(jobs)} thread(s) each)")  # fmt: skip
+    units = {
+        design: prepare_design(
             run,
             design,
             root / design,
@@ -226,8 +260,12 @@ def run_protocol(
             label=f"design {design} ({index}/{len(designs)})",
         )  # fmt: skip
         for index, design in enumerate(designs, 1)
-    ]
-    wells = pd.concat(frames, ignore_index=True)
+    }
+    _log(f"trainings of {sum(map(len, units.values()))} (design, seed) units: started at "
+         f"{(time.perf_counter() - run.start) / 60:.1f} min")  # fmt: skip
+    trainings = [training_unit(run, unit) for design in designs for unit in units[design]]
+    ablation_jobs.run_units([unit for unit in trainings if unit.names], jobs=jobs, verbose=verbose)
+    wells = pd.concat([score_design(run, units[design]) for design in designs], ignore_index=True)
     results = {"wells": wells, **summarize(wells, samples=samples)}
     for name, file in (("wells", WELLS_FILE), ("table", TABLE_FILE), ("summary", SUMMARY_FILE),
                        ("orderings", ORDERINGS_FILE)):  # fmt: skip

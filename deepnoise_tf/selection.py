@@ -27,6 +27,19 @@ def monitored_metric(config) -> str:
     return f"val_{network}_well_accuracy"
 
 
+def validation_epochs(config) -> list[int]:
+    """The epochs (1-based, as Keras's `validation_freq` takes them) whose end is validated.
+
+    Every `train.eval_every_epochs`-th, plus the first and the last: the first because
+    `metrics.csv` takes its columns from the first epoch's logs (Keras's CSVLogger), so a first
+    epoch without validation would drop the scores from the file; the last so the final weights
+    are always scored.
+    """
+    every = max(1, int(config.train.eval_every_epochs))
+    epochs = int(config.train.epochs)
+    return sorted({1, epochs} | set(range(every, epochs + 1, every)))
+
+
 def treatment_well_accuracy(wells, logits) -> float:
     """Share of labelled treatment wells whose argmax over the treatment siRNAs is the label.
 
@@ -55,16 +68,16 @@ def validation_batches(config, batch_size: int | None = None):
 
 
 class WellAccuracy(keras.callbacks.Callback):
-    """Adds `monitored_metric(config)` to the logs of every `train.eval_every_epochs`-th epoch.
+    """Adds `monitored_metric(config)` to the logs of the epochs in `validation_epochs(config)`.
 
-    The epochs scored are those Keras validates with `validation_freq=eval_every_epochs`
-    (`(epoch + 1) % eval_every_epochs == 0`). Put it before the callbacks that read the logs.
+    They are the epochs Keras validates (`validation_freq`, `training._fit`). Put it before the
+    callbacks that read the logs.
     """
 
     def __init__(self, config):
         super().__init__()
         self.name = monitored_metric(config)
-        self.every = max(1, int(config.train.eval_every_epochs))
+        self.epochs = frozenset(validation_epochs(config))
         self.image_size = int(config.data.image_size)
         self.normalization = config.data.normalization
         self.batches = validation_batches(config)
@@ -86,5 +99,5 @@ class WellAccuracy(keras.callbacks.Callback):
         return treatment_well_accuracy(outputs.wells, outputs.logits["model"])
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is not None and (epoch + 1) % self.every == 0:
+        if logs is not None and epoch + 1 in self.epochs:
             logs[self.name] = self.score()

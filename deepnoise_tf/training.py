@@ -259,6 +259,8 @@ def _fit(config, folder: str, model, layout, pseudo_labels, resumed_epoch: int) 
     """
     import sys
 
+    from deepnoise_tf import selection
+
     index, replicas, steps = layout
     if resumed_epoch:
         print(f"[deepnoise] resuming after epoch {resumed_epoch} (from backup/)", flush=True)
@@ -270,7 +272,7 @@ def _fit(config, folder: str, model, layout, pseudo_labels, resumed_epoch: int) 
         epochs=config.train.epochs,
         steps_per_epoch=steps,
         validation_data=validation,
-        validation_freq=config.train.eval_every_epochs,
+        validation_freq=selection.validation_epochs(config),
         callbacks=_callbacks(config, folder, validation is not None),
         shuffle=False,  # the stream is shuffled by `data.training_dataset`; Keras would warn and ignore it
         verbose=1 if sys.stdout.isatty() else 2,

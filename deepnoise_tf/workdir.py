@@ -81,7 +81,10 @@ def write_npz(path, **arrays) -> pathlib.Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp.npz")
     arrays = {
-        name: value.astype(str) if getattr(value, "dtype", None) is np.dtype(object) else value
+        # `dtype.kind`, not `is np.dtype(object)`: an unpickled array's dtype is an equal copy
+        name: value.astype(str)
+        if getattr(getattr(value, "dtype", None), "kind", "") == "O"
+        else value
         for name, value in arrays.items()
     }
     np.savez(temporary, **arrays)

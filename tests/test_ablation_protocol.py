@@ -6,7 +6,9 @@ uses stand-in data preparation, trainer, evaluator and floors that hand back cra
 tiny data set's test wells, so every number in the tables has a plain numpy reference.
 """
 
+import os
 import pathlib
+import pickle
 
 import numpy as np
 import pandas as pd
@@ -16,6 +18,7 @@ import tensorflow_datasets as tfds
 from deepnoise_tf import (
     ablation,
     ablation_cache,
+    ablation_jobs,
     ablation_protocol,
     ablation_steps,
     constants,
@@ -229,6 +232,9 @@ class StandIns:
         folder = pathlib.Path(step_folder)
         self.trained.append((folder.parent.parent.name, config.train.seed, folder.name))
         (folder / "config.json").write_text(config_lib.to_json(config))
+        (folder / "trained_by_process.txt").write_text(
+            str(os.getpid())
+        )  # the `--jobs` test reads it
         workdir_lib.mark_done(folder, {"epochs": config.train.epochs})
 
     def evaluator(self, config, step_folder, report_split):
@@ -383,6 +389,79 @@ def test_a_rerun_with_another_recipe_is_refused(protocol_run, family):
     assert stand_ins.trained == [] and stand_ins.evaluated == []
 
 
+def run_side_by_side(workdir, stand_ins, trainer):
+    return ablation_protocol.run_protocol(
+        workdir, "held_out", seeds=SEEDS, overrides=TINY_OVERRIDES, samples=300, jobs=2,
+        trainer=trainer, evaluator=stand_ins.evaluator,
+        floor_fitters={name: stand_ins.fitter(name) for name in ablation_steps.FLOOR_STEPS},
+        prepare_data=stand_ins.prepare_data,
+    )  # fmt: skip
+
+
+def test_units_side_by_side_give_the_same_tables_from_one_fresh_process_each(
+    protocol_run, family, tmp_path
+):
+    """`jobs=2`: each (design, seed) trains in its own spawned process; the tables are the ones of
+    the in-process run (the stand-ins' logits depend on design, seed and step only)."""
+    _, base, _, first, _ = protocol_run
+    stand_ins = StandIns(base.data_dir, base.builder, base.wells)
+    results = run_side_by_side(tmp_path, stand_ins, stand_ins.trainer)
+    assert stand_ins.trained == []  # the parent trained nothing: the workers did
+    for name in ("wells", "summary", "orderings"):
+        pd.testing.assert_frame_equal(results[name], first[name])
+    units = [(d, s) for d in FAMILY["held_out"][:2] for s in SEEDS]
+    pids = {}
+    for design, seed in units:
+        unit_pids = {(tmp_path / design / f"seed_{seed}" / step / "trained_by_process.txt").read_text()
+                     for step in TRAINING_STEPS}  # fmt: skip
+        assert len(unit_pids) == 1  # one process trained the whole unit
+        pids[(design, seed)] = unit_pids.pop()
+    assert len(set(pids.values())) == len(units) and str(os.getpid()) not in pids.values()
+
+
+class FailingTrainer:
+    """Trains like the stand-in except for one step of one seed (picklable: a module-level class)."""
+
+    def __init__(self, stand_ins, seed, step):
+        self.stand_ins, self.seed, self.step = stand_ins, seed, step
+
+    def __call__(self, config, step_folder):
+        if config.train.seed == self.seed and pathlib.Path(step_folder).name == self.step:
+            raise OSError("disk full (simulated)")
+        self.stand_ins.trainer(config, step_folder)
+
+
+def test_a_failed_unit_fails_the_run_naming_it_and_the_others_stay_cached(
+    protocol_run, family, tmp_path
+):
+    base = protocol_run[1]
+    stand_ins = StandIns(base.data_dir, base.builder, base.wells)
+    with pytest.raises(RuntimeError, match=r"2 of 4 protocol units failed") as error:
+        run_side_by_side(tmp_path, stand_ins, FailingTrainer(stand_ins, 101, "arcface"))
+    message = str(error.value)
+    assert "seed 101" in message and "seed 100" not in message and "disk full" in message
+    for design in FAMILY["held_out"][:2]:  # seed 100 finished; seed 101 up to its failed step
+        assert ablation_cache.is_cached(
+            tmp_path / design / "seed_100" / "mean_teacher_wide", "test"
+        )
+        assert ablation_cache.is_cached(tmp_path / design / "seed_101" / "norm_plate", "test")
+        assert not (tmp_path / design / "seed_101" / "arcface" / "done.json").exists()
+    results = run_side_by_side(tmp_path, stand_ins, stand_ins.trainer)  # resumes
+    pd.testing.assert_frame_equal(results["summary"], protocol_run[3]["summary"])
+
+
+def test_threads_per_job_shares_the_cores():
+    assert [ablation_jobs.threads_per_job(jobs, cores=4) for jobs in (1, 2, 3, 4, 8)] == [
+        4,
+        2,
+        1,
+        1,
+        1,
+    ]
+    with pytest.raises(ValueError, match="at least 1"):
+        ablation_jobs.threads_per_job(0, cores=2)
+
+
 @pytest.mark.parametrize("report_split, excluded", [("val", ("E-val",)), ("test", ())])
 def test_the_plate_prior_learns_from_training_experiments_that_are_not_reported(
     monkeypatch, report_split, excluded
@@ -474,3 +553,17 @@ def test_the_documented_protocol_commands_parse(monkeypatch):
         assert arguments.protocol == "held_out"
         assert arguments.designs == real_family["held_out"][:2]
         assert arguments.seeds == (100, 101, 102)
+
+
+def test_cached_logits_of_a_frame_that_crossed_processes_load_without_pickle(tmp_path):
+    """A worker's wells arrive unpickled: their object columns carry an equal copy of the object
+    dtype, not numpy's singleton; they are still stored as strings (`np.load` refuses pickles)."""
+    wells = pd.DataFrame({name: ["a", "b"] if name in ("id_code", "experiment", "cell_type",
+                                                       "well_type") else [1, 2]
+                          for name in evaluation.WELL_COLUMNS}).astype(
+        {name: object for name in ("id_code", "experiment", "cell_type", "well_type")})  # fmt: skip
+    crossed = pickle.loads(pickle.dumps(wells))
+    assert crossed["id_code"].to_numpy().dtype is not np.dtype(object)
+    ablation_cache.save_step_logits(tmp_path, crossed, np.eye(2), 1.0, report_split="test")
+    loaded, logits, _ = ablation_cache.load_step_logits(tmp_path)
+    assert list(loaded["id_code"]) == ["a", "b"] and logits.shape == (2, 2)

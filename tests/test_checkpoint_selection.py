@@ -82,3 +82,38 @@ def test_logged_score_is_numpy_per_well_accuracy_of_the_best_checkpoint(tiny_dat
     labels = wells["label"].to_numpy()[treatment]
     predictions = np.argmax(logits[treatment, : constants.NUM_SIRNAS], axis=1)
     assert scores.max() == pytest.approx(np.mean(predictions == labels))
+
+
+@pytest.mark.parametrize(
+    "every, epochs, expected",
+    [(1, 4, [1, 2, 3, 4]), (2, 5, [1, 2, 4, 5]), (3, 6, [1, 3, 6]), (10, 3, [1, 3]), (1, 1, [1])],
+)
+def test_validation_epochs_are_every_nth_plus_the_first_and_last(every, epochs, expected):
+    config = tiny_config(
+        "unused", "rxrx1", **{"train.eval_every_epochs": every, "train.epochs": epochs}
+    )
+    assert selection.validation_epochs(config) == expected
+
+
+def test_validating_every_few_epochs_keeps_the_scores_in_metrics_csv(tiny_data, tmp_path):
+    """Keras's CSVLogger takes its columns from the first epoch's logs: the first epoch is always
+    validated, so the per-well score and the per-site ones stay in the file when validation is
+    sparse; the epochs in between carry no score."""
+    config = tiny_config(
+        *tiny_data,
+        **{
+            "data.val_experiments": VAL,
+            "data.shuffle_buffer": 64,
+            "model.width": 0.0625,
+            "train.batch_size": 8,
+            "train.steps_per_epoch": 1,
+            "train.epochs": 4,
+            "train.eval_every_epochs": 3,
+            "train.export": False,
+        },
+    )
+    training.run(config, str(tmp_path))
+    metrics = workdir.read_metrics(tmp_path / workdir.METRICS_FILE)
+    for column in ("val_teacher_well_accuracy", "val_teacher_accuracy", "val_student_accuracy"):
+        scored = np.isfinite(pd.to_numeric(metrics[column], errors="coerce").to_numpy(dtype=float))
+        assert list(scored) == [True, False, True, True], column  # epochs 1, 3, 4 of 4
