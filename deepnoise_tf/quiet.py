@@ -1,4 +1,4 @@
-"""Quiet commands: TensorFlow's start-up lines and two known, harmless warnings hidden unless `--verbose`.
+"""Quiet commands: TensorFlow's start-up lines and three known, harmless warnings hidden unless `--verbose`.
 
 Every `python -m deepnoise_tf.<command>` calls `configure` first, before anything imports TensorFlow:
 TensorFlow's C++ logging reads `TF_CPP_MIN_LOG_LEVEL` once, when the library loads. What is hidden,
@@ -15,8 +15,11 @@ and why it is safe to hide:
 - Keras's "Your input ran out of data" (a UserWarning): validation is one pass over a filtered
   `tf.data` set whose length Keras cannot know, so every evaluation ends by running out (Keras
   `EpochIterator.catch_stop_iteration`). The training stream is endless (`data.training_dataset`).
+- Keras's "Can save best model only with <score> available" (a UserWarning): with
+  `train.eval_every_epochs` > 1 the epochs between validations carry no score by design
+  (`selection.validation_epochs`), and the best checkpoint is chosen among the scored ones.
 
-Both warnings are filtered by their message, so every other warning still shows. A
+The warnings are filtered by their message, so every other warning still shows. A
 `TF_CPP_MIN_LOG_LEVEL` the user set is kept.
 """
 
@@ -35,7 +38,8 @@ VERBOSE_HELP = "show TensorFlow's start-up lines and the TFDS/Keras warnings hid
 # TensorFlow's C++ log levels: 0 all, 1 no INFO, 2 no WARNING, 3 no ERROR.
 _TF_CPP_LEVEL = "1"
 _ABSL_MESSAGES = ("FeatureConnector.dtype` is deprecated",)
-_KERAS_MESSAGE = "Your input ran out of data"  # a regular expression matched at the message's start
+# Regular expressions matched at the message's start.
+_KERAS_MESSAGES = ("Your input ran out of data", "Can save best model only with ")
 # absl's C++ line prefix of an INFO record ("I1205 23:25:56.779890 6542 port.cc:153] ..."), and the
 # preamble absl prints before its first record when nothing initialised its logging.
 _ABSL_INFO_LINE = re.compile(r"^I\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.-]+:\d+\] ")
@@ -59,7 +63,8 @@ def configure(argv: Sequence[str]) -> bool:
     if verbose:
         return True
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", _TF_CPP_LEVEL)
-    warnings.filterwarnings("ignore", message=_KERAS_MESSAGE, category=UserWarning)
+    for message in _KERAS_MESSAGES:
+        warnings.filterwarnings("ignore", message=message, category=UserWarning)
     absl_logger = logging.getLogger("absl")
     if _drop_known_absl_warnings not in absl_logger.filters:
         absl_logger.addFilter(_drop_known_absl_warnings)

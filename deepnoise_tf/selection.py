@@ -7,7 +7,8 @@ differently. So a callback scores the inference network (the teacher when there 
 the reports do: `inference.predict_wells` over the validation sites (logits averaged over each well's
 sites, no test-time views), the treatment wells only, the argmax over the treatment siRNAs, no plate
 prior. It writes the score into the epoch's logs under `monitored_metric(config)`, before the
-checkpoint, CSV and TensorBoard callbacks read them.
+checkpoint, CSV and TensorBoard callbacks read them, together with Keras's per-site scores, from
+the same pass over the sites (`Validation`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def monitored_metric(config) -> str:
 
 
 def validation_epochs(config) -> list[int]:
-    """The epochs (1-based, as Keras's `validation_freq` takes them) whose end is validated.
+    """The epochs (1-based) whose end `Validation` scores.
 
     Every `train.eval_every_epochs`-th, plus the first and the last: the first because
     `metrics.csv` takes its columns from the first epoch's logs (Keras's CSVLogger), so a first
@@ -67,11 +68,24 @@ def validation_batches(config, batch_size: int | None = None):
     )
 
 
-class WellAccuracy(keras.callbacks.Callback):
-    """Adds `monitored_metric(config)` to the logs of the epochs in `validation_epochs(config)`.
+def site_accuracy(sites, logits) -> float:
+    """Keras's per-site validation accuracy (`MeanTeacher.test_step`): the share of labelled sites
+    (label >= 0, controls included) whose argmax over every class is the label; NaN without any."""
+    labels = sites["label"].to_numpy()
+    labelled = labels >= 0
+    if not labelled.any():
+        return float("nan")
+    return float(np.mean(np.argmax(logits[labelled], axis=1) == labels[labelled]))
 
-    They are the epochs Keras validates (`validation_freq`, `training._fit`). Put it before the
-    callbacks that read the logs.
+
+class Validation(keras.callbacks.Callback):
+    """Scores the epochs of `validation_epochs(config)` in one pass over the validation sites.
+
+    Adds `monitored_metric(config)` (the inference network's per-well treatment accuracy) and
+    Keras's per-site scores `val_student_accuracy` (and `val_teacher_accuracy` with a teacher,
+    `site_accuracy`) to the epoch's logs. One pass serves all three: `model.fit` gets no
+    validation data, so the sites are not read and run through the networks twice. Put it before
+    the callbacks that read the logs.
     """
 
     def __init__(self, config):
@@ -81,23 +95,33 @@ class WellAccuracy(keras.callbacks.Callback):
         self.image_size = int(config.data.image_size)
         self.normalization = config.data.normalization
         self.batches = validation_batches(config)
-        self.predictor = None
+        self.predictors = None
 
-    def score(self) -> float:
-        """The current weights' score (the model's inference network, as it would be exported)."""
-        if self.predictor is None:
-            predictor = inference.from_networks(
-                [self.model.inference_network()],
-                image_size=self.image_size,
-                normalization=self.normalization,
-            )
-            # Traced once and reused every epoch (the networks' variables are read at each call).
-            self.predictor = dataclasses.replace(
-                predictor, serve=tf.function(predictor.serve, reduce_retracing=True)
-            )
-        outputs = inference.predict_wells({"model": self.predictor}, self.batches)
-        return treatment_well_accuracy(outputs.wells, outputs.logits["model"])
+    def _networks(self) -> dict:
+        networks = {"student": (self.model.student_backbone, self.model.student_head)}
+        if self.model.has_teacher:
+            networks["teacher"] = (self.model.teacher_backbone, self.model.teacher_head)
+        return networks
+
+    def scores(self) -> dict[str, float]:
+        """The current weights' scores, by logged name."""
+        if self.predictors is None:
+            self.predictors = {}
+            for name, network in self._networks().items():
+                predictor = inference.from_networks(
+                    [network], image_size=self.image_size, normalization=self.normalization
+                )
+                # Traced once and reused every epoch (the variables are read at each call).
+                self.predictors[name] = dataclasses.replace(
+                    predictor, serve=tf.function(predictor.serve, reduce_retracing=True)
+                )
+        sites, logits, _ = inference.predict_sites(self.predictors, self.batches)
+        scores = {f"val_{name}_accuracy": site_accuracy(sites, logits[name]) for name in logits}
+        evaluated = "teacher" if self.model.has_teacher else "student"  # the inference network
+        wells, well_logits = evaluation.aggregate_wells(sites, logits[evaluated])
+        scores[self.name] = treatment_well_accuracy(wells, well_logits)
+        return scores
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and epoch + 1 in self.epochs:
-            logs[self.name] = self.score()
+            logs.update(self.scores())

@@ -122,8 +122,8 @@ def _build_model(config, steps: int, strategy, initial_weights, initial_backbone
     return model
 
 
-def _datasets(config, index, num_replicas: int, pseudo_labels, skip_batches: int):
-    """(training stream started `skip_batches` in, validation batches or None)."""
+def _training_data(config, num_replicas: int, pseudo_labels, skip_batches: int):
+    """The training stream, started `skip_batches` in (validation: `selection.Validation`)."""
     import tensorflow as tf
 
     from deepnoise_tf import data
@@ -134,21 +134,15 @@ def _datasets(config, index, num_replicas: int, pseudo_labels, skip_batches: int
     )
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    train_data = train_data.with_options(options)
-    validation = None
-    if index.validation_sites:
-        validation = data.evaluation_dataset(config).map(
-            lambda batch: {key: batch[key] for key in ("image", "mean", "std", "label")}
-        )
-    return train_data, validation
+    return train_data.with_options(options)
 
 
 def _callbacks(config, folder: str, with_validation: bool) -> list:
     """Validation score, fit-finished marker, backup, NaN guard, best checkpoint, CSV and
     TensorBoard logs, in the order a kill needs.
 
-    The per-well validation score (`selection.WellAccuracy`) is computed first, so the backup of an
-    epoch exists only once its score is in the logs. The marker's `on_train_end` runs before the
+    The validation scores (`selection.Validation`) are computed first, so the backup of an
+    epoch exists only once its scores are in the logs. The marker's `on_train_end` runs before the
     backup's deletes `backup/`. A backup of epoch k is written before epoch k's best checkpoint and
     its metrics.csv row, so the csv never repeats an epoch and every logged score that beat the best
     has its weights on disk. `double_checkpoint`: a kill while the backup is being written falls
@@ -159,7 +153,7 @@ def _callbacks(config, folder: str, with_validation: bool) -> list:
     from deepnoise_tf import selection
 
     metrics_path = os.path.join(folder, workdir_lib.METRICS_FILE)
-    callbacks = [selection.WellAccuracy(config)] if with_validation else []
+    callbacks = [selection.Validation(config)] if with_validation else []
     callbacks += [
         resume.fit_finished_callback(folder, config.train.epochs),
         keras.callbacks.BackupAndRestore(os.path.join(folder, "backup"), double_checkpoint=True),
@@ -259,21 +253,16 @@ def _fit(config, folder: str, model, layout, pseudo_labels, resumed_epoch: int) 
     """
     import sys
 
-    from deepnoise_tf import selection
-
     index, replicas, steps = layout
     if resumed_epoch:
         print(f"[deepnoise] resuming after epoch {resumed_epoch} (from backup/)", flush=True)
-    train_data, validation = _datasets(
-        config, index, replicas, pseudo_labels, resumed_epoch * steps
-    )
+    train_data = _training_data(config, replicas, pseudo_labels, resumed_epoch * steps)
     model.fit(
         train_data,
         epochs=config.train.epochs,
         steps_per_epoch=steps,
-        validation_data=validation,
-        validation_freq=selection.validation_epochs(config),
-        callbacks=_callbacks(config, folder, validation is not None),
+        # no validation_data: `selection.Validation` scores the validation sites in one pass
+        callbacks=_callbacks(config, folder, bool(index.validation_sites)),
         shuffle=False,  # the stream is shuffled by `data.training_dataset`; Keras would warn and ignore it
         verbose=1 if sys.stdout.isatty() else 2,
     )

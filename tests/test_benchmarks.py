@@ -12,6 +12,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))  # the scripts import their shared module as `_report`
 
 import _report  # noqa: E402
+import jobs  # noqa: E402
 import keras_profile  # noqa: E402
 import pipeline  # noqa: E402
 import projection  # noqa: E402
@@ -208,3 +209,17 @@ def test_projection_schedule_hours_by_hand():
         "validation": 3.25, "round_evaluation": 32.0,
     }  # fmt: skip
     assert parts == pytest.approx({part: seconds / 3600 for part, seconds in expected.items()})
+
+
+def test_jobs_reads_train_rates_and_runs_every_layout_as_train_py(tmp_path):
+    """`jobs.py` parses the plain rate `train.py` prints, and its commands are train.py's flags."""
+    line = ("train_benchmark mode=plain size=64 width=0.125 batch=32 step_images_per_s=301.25 "
+            "first_step_s=3.0 pipeline_images_per_s=900 feed_ratio=3.0 load=1.00/1.00/1.00")  # fmt: skip
+    assert jobs.images_per_second("noise\n" + line + "\ntrain_benchmark_summary x") == 301.25
+    with pytest.raises(RuntimeError, match="no plain-step rate"):
+        jobs.images_per_second("train_benchmark mode=deepnoise step_images_per_s=3")
+    arguments = jobs.argparse.Namespace(setting="64:0.125:32", steps=5, data_root=str(tmp_path))
+    command = jobs.train_command(arguments, 1)
+    parsed = {flag: value for flag, value in zip(command[2::2], command[3::2], strict=False)}
+    assert parsed["--intra_op_threads"] == "1" and parsed["--modes"] == "plain"
+    assert parsed["--settings"] == "64:0.125:32" and command[-1] == "--no_append"

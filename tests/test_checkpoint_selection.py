@@ -11,6 +11,14 @@ from conftest import tiny_config
 from deepnoise_tf import constants, inference, selection, training, workdir
 
 VAL = ("HEPG2-01",)
+# A run of a few one-step epochs on the tiny data set, validated on VAL.
+TINY_RUN = {
+    "data.val_experiments": VAL,
+    "data.shuffle_buffer": 64,
+    "model.width": 0.0625,
+    "train.batch_size": 8,
+    "train.export": False,
+}
 
 
 def test_score_is_per_well_over_treatments_without_controls():
@@ -43,30 +51,19 @@ def test_the_well_score_is_computed_before_every_callback_that_reads_it(
     name = "val_teacher_well_accuracy" if mean_teacher else "val_student_well_accuracy"
     assert selection.monitored_metric(config) == name
     callbacks = training._callbacks(config, str(tmp_path), True)
-    assert isinstance(callbacks[0], selection.WellAccuracy) and callbacks[0].name == name
+    assert isinstance(callbacks[0], selection.Validation) and callbacks[0].name == name
     (checkpoint,) = [c for c in callbacks if isinstance(c, keras.callbacks.ModelCheckpoint)]
     assert checkpoint.monitor == name
-    assert not any(isinstance(c, selection.WellAccuracy) for c in callbacks[1:])
+    assert not any(isinstance(c, selection.Validation) for c in callbacks[1:])
     assert not any(
-        isinstance(c, selection.WellAccuracy)
+        isinstance(c, selection.Validation)
         for c in training._callbacks(config, str(tmp_path), False)
     )
 
 
 def test_logged_score_is_numpy_per_well_accuracy_of_the_best_checkpoint(tiny_data, tmp_path):
     data_dir, builder = tiny_data
-    config = tiny_config(
-        *tiny_data,
-        **{
-            "data.val_experiments": VAL,
-            "data.shuffle_buffer": 64,
-            "model.width": 0.0625,
-            "train.batch_size": 8,
-            "train.steps_per_epoch": 2,
-            "train.epochs": 2,
-            "train.export": False,
-        },
-    )
+    config = tiny_config(*tiny_data, **{**TINY_RUN, "train.steps_per_epoch": 2, "train.epochs": 2})
     training.run(config, str(tmp_path))
     metrics = workdir.read_metrics(tmp_path / workdir.METRICS_FILE)
     scores = metrics["val_teacher_well_accuracy"].to_numpy(dtype=float)
@@ -101,19 +98,57 @@ def test_validating_every_few_epochs_keeps_the_scores_in_metrics_csv(tiny_data, 
     sparse; the epochs in between carry no score."""
     config = tiny_config(
         *tiny_data,
-        **{
-            "data.val_experiments": VAL,
-            "data.shuffle_buffer": 64,
-            "model.width": 0.0625,
-            "train.batch_size": 8,
-            "train.steps_per_epoch": 1,
-            "train.epochs": 4,
-            "train.eval_every_epochs": 3,
-            "train.export": False,
-        },
+        **{**TINY_RUN, "train.steps_per_epoch": 1, "train.epochs": 4, "train.eval_every_epochs": 3},
     )
     training.run(config, str(tmp_path))
     metrics = workdir.read_metrics(tmp_path / workdir.METRICS_FILE)
     for column in ("val_teacher_well_accuracy", "val_teacher_accuracy", "val_student_accuracy"):
         scored = np.isfinite(pd.to_numeric(metrics[column], errors="coerce").to_numpy(dtype=float))
         assert list(scored) == [True, False, True, True], column  # epochs 1, 3, 4 of 4
+
+
+@pytest.mark.parametrize("mean_teacher", [True, False])
+def test_one_validation_pass_gives_keras_per_site_scores(tiny_data, mean_teacher):
+    """`Validation`'s per-site scores equal Keras's own evaluation (`MeanTeacher.test_step` over
+    `data.evaluation_dataset`), which `fit` no longer runs; its well score equals
+    `treatment_well_accuracy` on `inference.predict_wells` of the inference network."""
+    from deepnoise_tf import data, factory
+
+    config = tiny_config(
+        *tiny_data,
+        **{
+            "mean_teacher.enabled": mean_teacher,
+            "data.val_experiments": VAL,
+            "model.width": 0.0625,
+        },
+    )
+    model = factory.build_model(config, steps_per_epoch=1)
+    batches = data.evaluation_dataset(config).map(
+        lambda batch: {key: batch[key] for key in ("image", "mean", "std", "label")}
+    )
+    keras_scores = model.evaluate(batches, return_dict=True, verbose=0)
+    validation = selection.Validation(config)
+    validation.set_model(model)
+    scores = validation.scores()
+    networks = ("student", "teacher") if mean_teacher else ("student",)
+    assert set(scores) == {f"val_{name}_accuracy" for name in networks} | {validation.name}
+    for name in networks:
+        assert scores[f"val_{name}_accuracy"] == pytest.approx(keras_scores[f"{name}_accuracy"])
+    predictor = inference.from_networks(
+        [model.inference_network()], image_size=config.data.image_size,
+        normalization=config.data.normalization,
+    )  # fmt: skip
+    outputs = inference.predict_wells({"model": predictor}, selection.validation_batches(config))
+    assert scores[validation.name] == pytest.approx(
+        selection.treatment_well_accuracy(outputs.wells, outputs.logits["model"])
+    )
+
+
+def test_site_accuracy_counts_labelled_sites_over_every_class():
+    sites = pd.DataFrame({"label": [0, 3, 1110, -1]})
+    logits = np.zeros((4, constants.NUM_CLASSES))
+    logits[0, 0] = logits[1, 2] = logits[2, 1110] = logits[3, 5] = (
+        1.0  # right, wrong, control right
+    )
+    assert selection.site_accuracy(sites, logits) == pytest.approx(2 / 3)
+    assert np.isnan(selection.site_accuracy(sites.assign(label=-1), logits))

@@ -223,8 +223,15 @@ def test_configure_filters_only_the_known_messages(monkeypatch):
         warnings.warn(
             "Your input ran out of data; interrupting training.", UserWarning, stacklevel=1
         )
+        warnings.warn(
+            "Can save best model only with val_teacher_well_accuracy available, skipping.",
+            UserWarning, stacklevel=1,
+        )  # fmt: skip
         warnings.warn("another warning", UserWarning, stacklevel=1)
-    assert [str(warning.message) for warning in caught] == ["another warning"]
+        warnings.warn("Model can save best model only with x", UserWarning, stacklevel=1)
+    assert [str(warning.message) for warning in caught] == [
+        "another warning", "Model can save best model only with x"
+    ]  # fmt: skip
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
     absl = logging.getLogger("absl")
     assert absl.filters.count(quiet._drop_known_absl_warnings) == 1
