@@ -241,7 +241,7 @@ def test_backbone_and_stem_choices_come_from_the_models_module():
 def test_ablation_scales_set_their_fields_on_the_cpu_configs():
     from deepnoise_tf import schedules
 
-    assert scales.ABLATION_SCALES == ("cpu", "cpu_morphology", "paper")
+    assert scales.ABLATION_SCALES == ("cpu", "cpu_family", "cpu_morphology", "paper")
     cpu = config_lib.load(str(CONFIGS / "model2_arcface.py") + ":cpu")
     scaled = scales.apply_ablation_scale(
         config_lib.load(str(CONFIGS / "model2_arcface.py") + ":cpu"), "cpu"
@@ -257,6 +257,16 @@ def test_ablation_scales_set_their_fields_on_the_cpu_configs():
     assert morphology.train.learning_rates == (1e-3, 3.3e-4, 3.3e-5)
     assert schedule.arcface_margin_warmup_epochs == 16.0
     assert schedule.consistency_start_epoch == 32.0
+    family = scales.apply_ablation_scale(
+        config_lib.load(str(CONFIGS / "model2_arcface.py") + ":cpu"), "cpu_family"
+    )  # the protocols' recipe: cpu's, 24 epochs, validation every second epoch, no export
+    assert (family.train.epochs, family.train.eval_every_epochs, family.train.export) == (
+        24,
+        2,
+        False,
+    )
+    assert family.train.learning_rates == (3e-3, 1e-3, 1e-4)  # `cpu`'s
+    assert family.data.synthetic_preset == "ablation"
     paper = config_lib.load(str(CONFIGS / "model2_arcface.py"))
     assert config_lib.to_json(scales.apply_ablation_scale(paper, "paper")) == config_lib.to_json(
         config_lib.load(str(CONFIGS / "model2_arcface.py"))
@@ -268,7 +278,7 @@ def test_unknown_ablation_scale_lists_the_valid_ones():
         scales.apply_ablation_scale(config_lib.default_config(), "cpu_morpholgy")
     assert str(error.value) == (
         "unknown ablation scale 'cpu_morpholgy' (did you mean 'cpu_morphology'?); "
-        "valid scales: cpu, cpu_morphology, paper"
+        "valid scales: cpu, cpu_family, cpu_morphology, paper"
     )
 
 
