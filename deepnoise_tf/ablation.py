@@ -1,4 +1,4 @@
-"""`python -m deepnoise_tf.ablation --workdir DIR [--protocol P] [--data_dir TFDS_DIR] [--scale SCALE] [--steps ...]`.
+"""`python -m deepnoise_tf.ablation --workdir DIR [--protocol P] [--jobs N] [--scale SCALE] [--steps ...]`.
 
 The paper's two ablations on any `rxrx1` data set, scored on the labelled held-out experiments
 (`config.data.val_experiments`, never trained on):
@@ -31,7 +31,9 @@ one data set: every design (`--designs`, default the first two held-out ones) wi
 seed (`--seeds`, default 0,1,2 for development and 100,101,102 for held_out), checkpoints chosen on the validation experiments and every step
 reported on the test split, with bootstrap intervals and a verdict per Fig. 3 ordering
 (`deepnoise_tf.ablation_protocol`; `DIR/protocol.md`; docs/ablation.md, "Protocol"). The feature
-baseline (`--steps feature_baseline`) is a step of every protocol run.
+baseline (`--steps feature_baseline`) is a step of every protocol run. Its recipe is `--scale
+cpu_family` (`scales`: the `:cpu` configs at 24 epochs, frozen), and its (design, seed) trainings
+run `--jobs` at a time, one process each (`ablation_jobs`; default one per usable core).
 
 Model 4 here is the ensemble of the two mean teachers; the paper's Model 4 also retrains the students
 with pseudo labels from that ensemble (pSoftmax), which this ablation leaves out.

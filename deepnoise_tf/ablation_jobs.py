@@ -1,9 +1,10 @@
 """The protocol's trainings side by side: one process per (design, seed), `--jobs N` at a time.
 
-Why: at CPU scale one training hardly uses a second core. On the 2-core VM, 32 steps of the
-64 px, width-1/8 softmax model take 3.26 s on two threads and 3.49 s on one, while two one-thread
-processes side by side take 2.9-3.0 s each (BENCHMARKS.md, "Protocol jobs"): N trainings in N
-processes, each with cores/N threads, finish a protocol about N times sooner on N cores.
+Why: at CPU scale one training hardly uses a second core. On the 2-core VM the plain training step
+of the CPU recipe's model (64 px, width 1/8, batch 32) runs at 305 images/s on two threads and 270
+on one, while two one-thread processes side by side run at 251 + 246 (BENCHMARKS.md, "Protocol
+jobs", `benchmarks/jobs.py`): N trainings in N processes, each with cores/N threads, finish a
+protocol of many trainings about 1.6 times sooner on 2 cores.
 
 A unit writes only inside its own folder (`DIR/<design>/seed_<seed>/`): the parent makes each
 design's data and fits its floors before, and scores the cached logits after

@@ -38,7 +38,7 @@ _ABLATION_CPU = {"data.synthetic_preset": "ablation"}
 # at 32); they are an override away (`--config.train.epochs=96`), at about 3.5 h. The rest saves
 # time only: validation every second epoch (plus the first and the last, `selection`) and no
 # SavedModel export (the evaluator reads the best checkpoint).
-_PROTOCOL_CPU = {"train.epochs": 24, "train.eval_every_epochs": 2, "train.export": False}
+_PROTOCOL_CPU = {"train.epochs": 16, "train.eval_every_epochs": 2, "train.export": False}
 _ABLATION_SCALE_SETTINGS = {
     "cpu": _ABLATION_CPU,
     "cpu_family": {**_ABLATION_CPU, **_PROTOCOL_CPU},

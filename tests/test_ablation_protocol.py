@@ -511,8 +511,14 @@ def test_command_line_defaults(family):
     )
     assert arguments.designs == ("dev_b",) and arguments.seeds == (3, 5)
     arguments, _ = ablation.parse_command_line(["--workdir", "w"])
-    assert arguments.protocol == "single"
+    assert arguments.protocol == "single" and arguments.scale == "cpu"
     assert arguments.steps == list(ablation_steps.DEFAULT_STEPS)
+    # The protocols' own recipe, one training per usable core (one at paper scale), unless told.
+    arguments, _ = ablation.parse_command_line(["--workdir", "w", "--protocol", "held_out"])
+    assert arguments.scale == "cpu_family" and arguments.jobs == ablation_jobs.usable_cores()
+    argv = ["--workdir", "w", "--protocol", "held_out", "--scale", "paper"]
+    assert ablation.parse_command_line(argv)[0].jobs == 1
+    assert ablation.parse_command_line([*argv, "--jobs", "3"])[0].jobs == 3
 
 
 def test_command_line_errors_name_the_closest_choice(family, capsys):
@@ -526,6 +532,10 @@ def test_command_line_errors_name_the_closest_choice(family, capsys):
     )
     assert "given twice" in parse_error(["--protocol", "held_out", "--seeds", "1,1"], capsys)
     assert "--seeds needs --protocol" in parse_error(["--seeds", "0,1"], capsys)
+    assert "--jobs needs --protocol" in parse_error(["--jobs", "2"], capsys)
+    assert "--jobs must be 0 (automatic) or more" in parse_error(
+        ["--protocol", "held_out", "--jobs", "-1"], capsys
+    )
     error = parse_error(["--protocol", "held_out", "--seeds", "100,2"], capsys)
     assert "seeds [2] are development seeds" in error
     error = parse_error(["--protocol", "development", "--seeds", "101"], capsys)
