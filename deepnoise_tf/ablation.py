@@ -32,7 +32,7 @@ seed (`--seeds`, default 0,1,2 for development and 100,101,102 for held_out), ch
 reported on the test split, with bootstrap intervals and a verdict per Fig. 3 ordering
 (`deepnoise_tf.ablation_protocol`; `DIR/protocol.md`; docs/ablation.md, "Protocol"). The feature
 baseline (`--steps feature_baseline`) is a step of every protocol run. Its recipe is `--scale
-cpu_family` (`scales`: the `:cpu` configs at 24 epochs, frozen), and its (design, seed) trainings
+cpu_family` (`scales`: the `:cpu` configs at 16 epochs, frozen), and its (design, seed) trainings
 run `--jobs` at a time, one process each (`ablation_jobs`; default one per usable core).
 
 Model 4 here is the ensemble of the two mean teachers; the paper's Model 4 also retrains the students

@@ -30,14 +30,15 @@ from deepnoise_tf import config as config_lib
 _ABLATION_CPU = {"data.synthetic_preset": "ablation"}
 # `cpu_family`: the recipe of the development/held-out protocol (issue 17), frozen before any
 # held-out run. The settings of `cpu` (`config.cpu_scale`: lr 3e-3 stepping at 3/4 and 29/32 of the
-# run, batch 32, the mean teacher's schedule as fractions), shortened to 24 epochs so that the 36
-# trainings of the default held-out run (2 designs x 3 seeds x 6) fit the hour on 2 cores: one
-# (design, seed) at 32 epochs took 22.5 min on one core of two (family_dev_2, docs/ablation.md,
-# "Protocol"), i.e. 70 min for the held-out run. Longer schedules learn more on the development
-# designs (softmax at 96 epochs: 0.617 per-well validation accuracy on family_dev_1, against 0.188
-# at 32); they are an override away (`--config.train.epochs=96`), at about 3.5 h. The rest saves
-# time only: validation every second epoch (plus the first and the last, `selection`) and no
-# SavedModel export (the evaluator reads the best checkpoint).
+# run, batch 32, the mean teacher's schedule as fractions), shortened to 16 epochs so that the 36
+# trainings of the default held-out run (2 designs x 3 seeds x 6) fit the hour on 2 cores, two at a
+# time: one (design, seed) at 32 epochs took 22.5 min on one core of two (family_dev_2,
+# docs/ablation.md, "Protocol"), and a first held-out start at 24 epochs projected 75 min on the
+# slower cores of that day. A budget, not a tuned optimum: longer schedules learn more on the
+# development designs (softmax at 96 epochs: 0.617 per-well validation accuracy on family_dev_1,
+# against 0.188 at 32), an override away (`--config.train.epochs=96`, about 5 h on 2 cores). The
+# rest saves time only: validation every second epoch (plus the first and the last, `selection`)
+# and no SavedModel export (the evaluator reads the best checkpoint).
 _PROTOCOL_CPU = {"train.epochs": 16, "train.eval_every_epochs": 2, "train.export": False}
 _ABLATION_SCALE_SETTINGS = {
     "cpu": _ABLATION_CPU,

@@ -26,9 +26,9 @@ CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 PAPER = (160, (100, 140), 0.0, 5.0, 40.0, (1, 10, 20))
 CPU = (32, (24, 29), 0.0, 2.0, 8.0, (1, 2, 4))
 CPU_MORPHOLOGY = (64, (48, 58), 16.0, 2.0, 32.0, (1, 2, 4))
-# The protocols' recipe (issue 17): CPU's fractions of 24 epochs, rounded to the nearest epoch
-# (24 x 29/32 = 21.75 -> 22; EMA 0.75, 1.5, 3 -> 1, 2, 3; the ramp-up stays fractional).
-CPU_FAMILY = (24, (18, 22), 0.0, 1.5, 6.0, (1, 2, 3))
+# The protocols' recipe (issue 17): CPU's fractions of 16 epochs, rounded to the nearest epoch,
+# halves up (16 x 29/32 = 14.5 -> 15; EMA 0.5, 1, 2 -> 1, 1, 2: the second stage is empty).
+CPU_FAMILY = (16, (12, 15), 0.0, 1.0, 4.0, (1, 1, 2))
 
 
 def load(spec: str):
