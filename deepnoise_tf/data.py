@@ -384,36 +384,6 @@ def _training_batches(config, num_replicas: int, pseudo_labels) -> tf.data.Datas
     )
 
 
-def evaluation_dataset(
-    config, *, split: str = "train", experiments=None, with_labels=True, batch_size=None
-):
-    """Every site (both per well) of the given experiments, in order, with identifiers.
-
-    Default: the validation experiments of the train split. `with_labels=False` never decodes labels.
-    """
-    data_config = config.data
-    experiments = tuple(data_config.val_experiments) if experiments is None else tuple(experiments)
-    dataset = load_sites(data_config, split, with_labels=with_labels, with_ids=True)
-    dataset = select_experiments(
-        dataset, include=experiments, cell_types=tuple(data_config.cell_types)
-    )
-
-    def sample(example):
-        out = to_sample(
-            example,
-            normalization=data_config.normalization,
-            image_size=data_config.image_size,
-            labelled=with_labels,
-        )
-        out.pop("pseudo_label")
-        for name in ID_FEATURES:
-            out[name] = example[name]
-        return out
-
-    dataset = dataset.map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return dataset.batch(batch_size or config.train.batch_size).prefetch(tf.data.AUTOTUNE)
-
-
 def plate_design_from_split(data_dir, builder: str, split: str = "train", exclude_experiments=()):
     """The plate design (`plate_design.learn_plate_design`: siRNA groups and their order over the
     plates) learned from the labelled wells of a split, leaving out `exclude_experiments` (e.g. the

@@ -109,10 +109,11 @@ def test_validating_every_few_epochs_keeps_the_scores_in_metrics_csv(tiny_data, 
 
 @pytest.mark.parametrize("mean_teacher", [True, False])
 def test_one_validation_pass_gives_keras_per_site_scores(tiny_data, mean_teacher):
-    """`Validation`'s per-site scores equal Keras's own evaluation (`MeanTeacher.test_step` over
-    `data.evaluation_dataset`), which `fit` no longer runs; its well score equals
-    `treatment_well_accuracy` on `inference.predict_wells` of the inference network."""
-    from deepnoise_tf import data, factory
+    """`Validation`'s per-site scores equal Keras's own evaluation (`model.evaluate`, i.e.
+    `MeanTeacher.test_step` and Keras's accuracy metric, over the same sites), which `fit` no
+    longer runs; its well score equals `treatment_well_accuracy` on `inference.predict_wells` of
+    the inference network."""
+    from deepnoise_tf import factory
 
     config = tiny_config(
         *tiny_data,
@@ -123,7 +124,7 @@ def test_one_validation_pass_gives_keras_per_site_scores(tiny_data, mean_teacher
         },
     )
     model = factory.build_model(config, steps_per_epoch=1)
-    batches = data.evaluation_dataset(config).map(
+    batches = selection.validation_batches(config).map(
         lambda batch: {key: batch[key] for key in ("image", "mean", "std", "label")}
     )
     keras_scores = model.evaluate(batches, return_dict=True, verbose=0)

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from conftest import tiny_config as shared_tiny_config
 
-from deepnoise_tf import constants, data
+from deepnoise_tf import constants, data, inference
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +41,11 @@ def test_samples_carry_the_example_statistics_of_the_chosen_normalization(tiny_c
     for normalization in ("plate", "experiment", "cell_type"):
         with tiny_config.unlocked():
             tiny_config.data.normalization = normalization
-        batch = next(
-            iter(
-                data.evaluation_dataset(tiny_config, experiments=("HEPG2-01",)).as_numpy_iterator()
-            )
-        )
+        sites = inference.site_batches(
+            tiny_config.data.data_dir, tiny_config.data.builder, "train", normalization,
+            experiments=("HEPG2-01",),
+        )  # fmt: skip
+        batch = next(iter(sites.as_numpy_iterator()))
         for row in range(len(batch["label"])):
             example = source[(batch["id_code"][row], batch["site"][row])]
             np.testing.assert_array_equal(batch["image"][row], example["image"])
