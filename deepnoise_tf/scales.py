@@ -36,7 +36,7 @@ _ABLATION_CPU = {"data.synthetic_preset": "ablation"}
 # docs/ablation.md, "Protocol"), and a first held-out start at 24 epochs projected 75 min on the
 # slower cores of that day. A budget, not a tuned optimum: longer schedules learn more on the
 # development designs (softmax at 96 epochs: 0.617 per-well validation accuracy on family_dev_1,
-# against 0.188 at 32), an override away (`--config.train.epochs=96`, about 5 h on 2 cores). The
+# against 0.188 at 32), an override away (`--config.train.epochs=96`, about 3.5 h on 2 cores). The
 # rest saves time only: validation every second epoch (plus the first and the last, `selection`)
 # and no SavedModel export (the evaluator reads the best checkpoint).
 _PROTOCOL_CPU = {"train.epochs": 16, "train.eval_every_epochs": 2, "train.export": False}
