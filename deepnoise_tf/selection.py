@@ -117,7 +117,9 @@ class Validation(keras.callbacks.Callback):
                 )
         sites, logits, _ = inference.predict_sites(self.predictors, self.batches)
         scores = {f"val_{name}_accuracy": site_accuracy(sites, logits[name]) for name in logits}
-        evaluated = "teacher" if self.model.has_teacher else "student"  # the inference network
+        inference_backbone = self.model.inference_network()[0]  # the network that is exported
+        evaluated = next(name for name, (backbone, _) in self._networks().items()
+                         if backbone is inference_backbone)  # fmt: skip
         wells, well_logits = evaluation.aggregate_wells(sites, logits[evaluated])
         scores[self.name] = treatment_well_accuracy(wells, well_logits)
         return scores
