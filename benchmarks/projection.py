@@ -2,11 +2,12 @@
 
 Nothing is trained: the projection multiplies measured rates by the schedule's work. Assumptions,
 each a flag (defaults are the numbers in BENCHMARKS.md):
-- schedule (paper, "Training details"; configs/deepnoise.py): for each of 2 models, Xception and
-  Xception-Wide, at 512 px, 160 epochs of which the first `--consistency_start_fraction` (0.25: 40 epochs, the
-  config's labelled-only quarter) have no consistency loss, then `--pseudo_label_rounds` (8) rounds
-  of `--retrain_epochs` (10) epochs with pseudo labels; an epoch is one pass over RxRx1's 36,515
-  labelled train wells, one site per well;
+- schedule (paper, "Training details": 160 epochs in all; configs/deepnoise.py): for each of 2
+  models, Xception and Xception-Wide, at 512 px, `--epochs` (160) epochs across all rounds, of
+  which the first `--consistency_start_fraction` (0.25: 40 epochs, the config's labelled-only
+  quarter) have no consistency loss and the last `--pseudo_label_rounds` (8) x `--retrain_epochs`
+  (10) are the pseudo-label rounds (round 0 is the first 80); an epoch is one pass over RxRx1's
+  36,515 labelled train wells, one site per well;
 - mean-teacher batches hold labelled and unlabelled (test) rows at a labelled share of 1/2, so an
   epoch carries 36,515 / (1/2) = 73,030 rows (the labelled-only epochs too: the mixed pipeline
   delivers them, the step skips the unlabelled rows' passes);
@@ -26,7 +27,7 @@ each a flag (defaults are the numbers in BENCHMARKS.md):
   pipeline keeps up (benchmarks/pipeline.py). Not included: per-cell-type fine-tuning
   (docs/method.md §7), the ensemble's post-processing, checkpoints, start-up and compilation.
 
-    python benchmarks/projection.py --deepnoise_cost 1.8 --labelled_only_cost 1.0 --card H100
+    python benchmarks/projection.py --deepnoise_cost 1.9 --labelled_only_cost 0.85 --card H100
 """
 
 from __future__ import annotations
@@ -91,15 +92,24 @@ def schedule_hours(
     tta_views: int,
 ) -> dict[str, float]:
     """GPU-hours of one model's schedule by part: labelled-only, consistency and retraining epochs,
-    per-epoch validation, and the (TTA) evaluations after round 0 and each pseudo-label round."""
-    consistency_epochs = epochs - labelled_only_epochs
+    per-epoch validation, and the (TTA) evaluations after round 0 and each pseudo-label round.
+
+    `epochs` counts every round's: round 0 trains the labelled-only epochs and then the consistency
+    epochs, the `rounds` x `retrain_epochs` retraining epochs come last.
+    """
     retraining_epochs = rounds * retrain_epochs
+    consistency_epochs = epochs - labelled_only_epochs - retraining_epochs
+    if consistency_epochs < 0:
+        raise ValueError(
+            f"{epochs} epochs cannot hold {labelled_only_epochs:g} labelled-only and "
+            f"{retraining_epochs} retraining epochs"
+        )
     row_seconds = rows_per_epoch / plain_rate
     parts = {
         "labelled_only": labelled_only_epochs * row_seconds * labelled_only_cost,
         "consistency": consistency_epochs * row_seconds * deepnoise_cost,
         "pseudo_label_rounds": retraining_epochs * row_seconds * deepnoise_cost,
-        "validation": (epochs + retraining_epochs) * validation_sites / forward_rate,
+        "validation": epochs * validation_sites / forward_rate,
         "round_evaluation": (rounds + 1)
         * (validation_sites + test_sites)
         * tta_views
@@ -141,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Xception-Wide time in Xception times where the card has no wide row; 0 = the ratio "
         "measured on a card with both",
     )
-    parser.add_argument("--epochs", type=int, default=160)
+    parser.add_argument("--epochs", type=int, default=160, help="all rounds' epochs")
     parser.add_argument("--consistency_start_fraction", type=float, default=0.25)
     parser.add_argument("--pseudo_label_rounds", type=int, default=8)
     parser.add_argument("--retrain_epochs", type=int, default=10)
@@ -159,10 +169,13 @@ def section(arguments, schedule: dict, rows: list, totals: dict, macs: dict):
     card, rows_per_epoch = arguments.card, schedule["rows_per_epoch"]
     mac_ratio = macs["xception_wide"] / macs["xception"]
     labelled_only = schedule["labelled_only_epochs"]
+    retraining = arguments.pseudo_label_rounds * arguments.retrain_epochs
     bullets = [
-        f"- schedule per model: {arguments.epochs} epochs ({labelled_only:g} labelled-only at "
-        f"{arguments.labelled_only_cost:g} plain steps per row, {arguments.epochs - labelled_only:g} "
-        f"with consistency at {arguments.deepnoise_cost:g}), then {arguments.pseudo_label_rounds} "
+        f"- schedule per model: {arguments.epochs} epochs in all: round 0 "
+        f"{arguments.epochs - retraining:g} ({labelled_only:g} labelled-only at "
+        f"{arguments.labelled_only_cost:g} plain steps per row, "
+        f"{arguments.epochs - retraining - labelled_only:g} with consistency at "
+        f"{arguments.deepnoise_cost:g}), then {arguments.pseudo_label_rounds} "
         f"pseudo-label rounds x {arguments.retrain_epochs} epochs at {arguments.deepnoise_cost:g}; "
         f"an epoch = {RXRX1_TRAIN_WELLS:,} labelled wells (one site each) at labelled share "
         f"{arguments.labelled_share:g} = {rows_per_epoch:,.0f} rows; step costs: CPU ratios of "

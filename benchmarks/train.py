@@ -9,7 +9,8 @@ For each setting (image size, width multiplier, batch) and each mode:
 - `labelled_only`: the `deepnoise` model and batch in the labelled-only epochs that the paper starts
   with (before `mean_teacher.consistency_start_fraction`, no pseudo labels): consistency weight 0, so
   only the normal view of the labelled rows runs, then the EMA update.
-The step is `model.train_step` in a `tf.function` (what `fit` compiles), timed on one fixed batch
+The step is `model.train_step` in a `tf.function` (what `fit` compiles, specialised like it to the
+phase of the steps timed: `mean_teacher.StepPhase`), timed on one fixed batch
 read from the pipeline, so it measures the step alone. The modes of a setting are timed interleaved
 (`_report.time_interleaved`: `--steps` rounds of one step of each mode, order rotating) and each
 mode's rate is its median step: on shared cores, load then slows every mode alike. The pipeline is `data.training_dataset`
@@ -40,6 +41,8 @@ PRESET_BY_SIZE = {64: "quickstart", 512: "benchmark"}
 MODES = ("deepnoise", "plain", "labelled_only")
 # Labelled wells of RxRx1's Kaggle train split (73,030 sites): one epoch of the paper's schedule.
 RXRX1_TRAIN_WELLS = 36_515
+# The model's epoch length: more steps than any run times, so every timed step is in epoch 0.
+STEPS_PER_EPOCH = 100
 
 
 def parse_setting(text: str) -> tuple[int, float, int]:
@@ -134,9 +137,11 @@ def build_step(config, batch: dict, jit_compile: bool):
 
     previous_policy = keras.config.dtype_policy()
     try:
-        model = factory.build_model(config, steps_per_epoch=100)
+        model = factory.build_model(config, steps_per_epoch=STEPS_PER_EPOCH)
     finally:
         keras.config.set_dtype_policy(previous_policy)  # build_model sets it globally
+    # As `fit` compiles it (`mean_teacher.StepPhase`): for the phase of the epoch it times.
+    model.specialise_step(0, STEPS_PER_EPOCH)
     step = tf.function(model.train_step, jit_compile=jit_compile, reduce_retracing=True)
     parameters = (model.student_backbone.count_params() + model.student_head.count_params()) / 1e6
     return parameters, lambda: step(batch)["loss"].numpy()

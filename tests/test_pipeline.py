@@ -483,13 +483,16 @@ def test_member_configs_per_round():
     first = pipeline_config.member_config(config, "xception_wide", 0)
     later = pipeline_config.member_config(config, "xception", 2)
     assert "pipeline" not in first and first.model.backbone == "xception_wide"
-    assert first.train.epochs == config.train.epochs == 160
-    assert first.train.learning_rates == config.train.learning_rates
+    # Paper scale: round 0 the first 80 of the 160 epochs, later rounds continue the schedule.
+    assert first.train.epochs == config.pipeline.train_epochs == 80
+    assert first.train.schedule_epochs == later.train.schedule_epochs == config.train.epochs == 160
+    assert first.train.learning_rates == later.train.learning_rates == config.train.learning_rates
     assert later.train.epochs == config.pipeline.retrain_epochs
-    assert (
-        later.train.learning_rates == (config.pipeline.retrain_learning_rate,)
-        and later.train.lr_boundary_fractions == ()
-    )
+    assert later.train.lr_boundary_fractions == config.train.lr_boundary_fractions
+    with config.unlocked():
+        config.pipeline.retrain_learning_rate = 1e-4  # a constant rate for the later rounds
+    later = pipeline_config.member_config(config, "xception", 2)
+    assert later.train.learning_rates == (1e-4,) and later.train.lr_boundary_fractions == ()
     assert config.model.backbone == "xception" and "pipeline" in config  # the input is left alone
 
 

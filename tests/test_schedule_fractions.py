@@ -66,7 +66,10 @@ def epochs_of(config) -> tuple:
 def test_shipped_configs_resolve_to_their_former_epochs(spec, expected):
     config = load(spec)
     assert epochs_of(config) == expected
-    assert config.train.epochs == expected[0] and config.train.schedule_epochs == 0
+    assert config.train.epochs == expected[0]
+    # The paper-scale pipeline sets its length by hand: its round 0 trains the first 80 epochs.
+    paper_pipeline = spec.startswith("deepnoise.py") and ":cpu" not in spec
+    assert config.train.schedule_epochs == (160 if paper_pipeline else 0)
 
 
 @pytest.mark.parametrize(
@@ -86,10 +89,30 @@ def test_ablation_scales_resolve_to_their_former_epochs(name, scale, variant, ex
     assert config.train.epochs == expected[0]
 
 
-@pytest.mark.parametrize("spec, expected", [("deepnoise.py", PAPER), ("deepnoise.py:cpu", CPU)])
+def test_paper_pipeline_trains_the_papers_160_epochs_across_its_rounds():
+    """Round 0 the first 80 epochs, 8 rounds of 10 the rest, one schedule of 160 epochs over all
+    of them: the learning rate steps at 100 and 140 fall in rounds 3 and 7 (paper, "Training
+    details": 160 epochs in all; Algorithm 1: pseudo labels inside the training)."""
+    config = load("deepnoise.py")
+    rounds = [
+        pipeline_config.member_config(config, "xception_wide", r)
+        for r in range(config.pipeline.pseudo_label_rounds + 1)
+    ]
+    assert sum(member.train.epochs for member in rounds) == 160
+    assert [member.train.epochs for member in rounds] == [80] + [10] * 8
+    for member in rounds:  # every round on the paper's schedule, continued by the step counter
+        assert epochs_of(member) == PAPER
+        assert tuple(member.train.learning_rates) == (3e-4, 1e-4, 1e-5)
+    boundaries = schedules.run_schedule(rounds[1]).lr_boundaries  # (100, 140)
+    first_epochs = [80 + 10 * (r - 1) for r in range(1, 9)]
+    steps = [sum(start <= b < start + 10 for b in boundaries) for start in first_epochs]
+    assert steps == [0, 0, 1, 0, 0, 0, 1, 0]
+
+
+@pytest.mark.parametrize("spec, expected", [("deepnoise.py:cpu", CPU)])
 def test_pipeline_rounds_keep_the_first_rounds_schedule(spec, expected):
     config = load(spec)
-    retrain_epochs = config.pipeline.retrain_epochs  # 10 (paper), 6 (cpu)
+    retrain_epochs = config.pipeline.retrain_epochs  # 6 (cpu)
     first = pipeline_config.member_config(config, "xception", 0)
     later = pipeline_config.member_config(config, "xception_wide", 2)
     assert first.train.epochs == expected[0] and epochs_of(first) == expected
