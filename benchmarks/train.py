@@ -213,7 +213,7 @@ def step_rows(prepared: dict, first: dict, seconds: dict, load: str) -> list[dic
 def section(arguments, rows, total_seconds) -> tuple[str, list[str], list[str]]:
     bullets = [
         f"- threads: TensorFlow intra-op {arguments.intra_op_threads}, inter-op "
-        f"{arguments.inter_op_threads}; tf.data: its own pool (AUTOTUNE); shuffle buffer scaled "
+        f"{arguments.inter_op_threads or 'default'}; tf.data: its own pool (AUTOTUNE); shuffle buffer scaled "
         f"to the data ({', '.join(sorted({str(r['shuffle_buffer']) for r in rows}))} sites, "
         f"as 2048 is to RxRx1's {RXRX1_TRAIN_WELLS} train wells)",
         f"- {arguments.steps} rounds of one timed step per mode, interleaved (order rotating), "
@@ -291,7 +291,13 @@ def main(argv=None):
     )
     parser.add_argument("--jit_compile", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--intra_op_threads", type=int, default=os.cpu_count())
-    parser.add_argument("--inter_op_threads", type=int, default=1)
+    parser.add_argument(
+        "--inter_op_threads",
+        type=int,
+        default=0,
+        help="0 = TensorFlow's default, as training runs (independent passes overlap); before "
+        "2026-12-06 the default was 1",
+    )
     parser.add_argument("--data_root", default=str(REPOSITORY / "runs" / "benchmarks"))
     _report.add_output_arguments(parser)
     arguments = parser.parse_args(argv)
