@@ -16,10 +16,11 @@ batch has pseudo-labelled rows. Where an epoch lies wholly in one phase (`StepPh
 model before it begins), the compiled step holds only that phase's passes; otherwise a `tf.cond`
 picks them per step, at a cost: TensorFlow's oneDNN rewrites skip the ops inside a branch (the
 max-pool gradient falls back to a kernel 15x slower) and the skipped branch's bookkeeping still
-runs: a tenth of the step (benchmarks/train.py at 64 px, 2.13 against 1.90 plain steps). The teacher's trainable weights are the EMA of the student's
-(Tarvainen & Valpola 2017), updated once per step after the optimizer. Every loss term is reduced
-by the global count of the rows it covers, so the sum of the replicas' gradients is the gradient of
-the global-batch loss whatever the number of replicas.
+runs (benchmarks/train.py, 64 px, one inter-op thread: 2.08 plain steps before, 1.94 after;
+BENCHMARKS.md). The teacher's trainable weights are the EMA of the student's (Tarvainen & Valpola
+2017), updated once per step after the optimizer. Every loss term is reduced by the global count
+of the rows it covers, so the sum of the replicas' gradients is the gradient of the global-batch
+loss whatever the number of replicas.
 """
 
 from __future__ import annotations

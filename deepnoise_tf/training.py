@@ -138,8 +138,8 @@ def _training_data(config, num_replicas: int, pseudo_labels, skip_batches: int):
 
 
 def _callbacks(config, folder: str, with_validation: bool) -> list:
-    """The step's phase (mean teacher), validation score, fit-finished marker, backup, NaN guard,
-    best checkpoint, CSV and TensorBoard logs, in the order a kill needs.
+    """Validation score, fit-finished marker, backup, NaN guard, best checkpoint, CSV and
+    TensorBoard logs, in the order a kill needs; then the step's phase (mean teacher).
 
     The validation scores (`selection.Validation`) are computed first, so the backup of an
     epoch exists only once its scores are in the logs. The marker's `on_train_end` runs before the
@@ -153,8 +153,7 @@ def _callbacks(config, folder: str, with_validation: bool) -> list:
     from deepnoise_tf import mean_teacher, selection
 
     metrics_path = os.path.join(folder, workdir_lib.METRICS_FILE)
-    callbacks = [mean_teacher.StepPhase()] if config.mean_teacher.enabled else []
-    callbacks += [selection.Validation(config)] if with_validation else []
+    callbacks = [selection.Validation(config)] if with_validation else []
     callbacks += [
         resume.fit_finished_callback(folder, config.train.epochs),
         keras.callbacks.BackupAndRestore(os.path.join(folder, "backup"), double_checkpoint=True),
@@ -182,6 +181,8 @@ def _callbacks(config, folder: str, with_validation: bool) -> list:
         keras.callbacks.CSVLogger(metrics_path, append=True),
         keras.callbacks.TensorBoard(os.path.join(folder, "tensorboard"), write_graph=False),
     ]
+    if config.mean_teacher.enabled:  # acts at epoch begin, after the backup restored the step
+        callbacks.append(mean_teacher.StepPhase())
     return callbacks
 
 
