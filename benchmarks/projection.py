@@ -27,7 +27,7 @@ each a flag (defaults are the numbers in BENCHMARKS.md):
   pipeline keeps up (benchmarks/pipeline.py). Not included: per-cell-type fine-tuning
   (docs/method.md §7), the ensemble's post-processing, checkpoints, start-up and compilation.
 
-    python benchmarks/projection.py --deepnoise_cost 1.9 --labelled_only_cost 0.85 --card H100
+    python benchmarks/projection.py --deepnoise_cost 1.95 --labelled_only_cost 0.85 --card H100
 """
 
 from __future__ import annotations

@@ -37,7 +37,9 @@ def get_config(variant: str = ""):
     # models on the validation and test wells (~54k sites, x8 with TTA: about one training epoch)
     # and a training folder per model: per-epoch rounds would nearly double the run
     # (docs/pipeline.md).
-    config.train.schedule_epochs = 160  # the schedules span all rounds, not round 0's 80 epochs
+    # The schedules span all rounds, not round 0's 80 epochs; with both round lengths set below,
+    # `train.epochs` is not read by the pipeline (its rounds are `pipeline.*_epochs`).
+    config.train.schedule_epochs = 160
     config.pipeline.train_epochs = 80  # round 0; 0 = config.train.epochs
     config.pipeline.pseudo_label_rounds = 8
     # Later rounds continue from the previous round's checkpoint (optimizer state included).

@@ -13,7 +13,7 @@ import time
 
 import pandas as pd
 
-from deepnoise_tf import data, pipeline_config, pseudo_labels, stages, training
+from deepnoise_tf import data, pipeline_config, pseudo_labels, resume, stages, training
 from deepnoise_tf import workdir as workdir_lib
 
 ENSEMBLE = stages.ENSEMBLE
@@ -57,9 +57,28 @@ def summary_table(results: pd.DataFrame, members, method: str) -> pd.DataFrame:
     return frame.loc[list(dict.fromkeys(overall["round"]))]
 
 
+def round_start_weights(config, previous_folder: str) -> str:
+    """The weights a retraining round continues from: the previous round's best checkpoint, or its
+    last weights where the rounds continue the learning-rate schedule (`pipeline.
+    retrain_learning_rate` 0, the paper-scale config).
+
+    The optimizer's step counter comes with the weights. The paper trains its 160 epochs without
+    going back (Algorithm 1), and going back to each round's best epoch would pull the rest of the
+    schedule earlier, round after round, so that its later learning-rate steps could come late or
+    never; at a constant rate the step counter moves nothing but the EMA and ramp schedules.
+    """
+    if not config.pipeline.retrain_learning_rate:
+        last = os.path.join(previous_folder, resume.LAST_WEIGHTS)
+        if not os.path.isfile(last):
+            raise FileNotFoundError(f"{last} is missing: the round before has not finished")
+        return last
+    return str(workdir_lib.checkpoint(previous_folder))
+
+
 def run_round(context: stages.Context, round_index: int, evaluations: list[dict]) -> dict:
     """One round: pseudo labels from the rounds before (r >= 1), both models trained (continuing
-    from the previous round's checkpoint), then evaluated; returns the evaluation record."""
+    from the previous round's weights, `round_start_weights`), then evaluated; returns the
+    evaluation record."""
     pseudo_paths = (
         stages.pseudo_label_stage(context, round_index, evaluations) if round_index else {}
     )
@@ -68,7 +87,7 @@ def run_round(context: stages.Context, round_index: int, evaluations: list[dict]
         initial = None
         if round_index:  # continue from the previous round's model
             previous = os.path.join(context.round_dir(round_index - 1), backbone)
-            initial = str(workdir_lib.checkpoint(previous))
+            initial = round_start_weights(context.config, previous)
         stages.train_stage(
             context,
             round_index,

@@ -77,8 +77,9 @@ def member_config(config, backbone: str, round_index: int):
     schedules continue; they train `pipeline.retrain_epochs` at the constant
     `pipeline.retrain_learning_rate` (0 = the continued `train` schedule). Every round keeps round
     0's schedule length (`train.schedule_epochs`, else round 0's epochs): the schedules follow
-    round 0's length (`--config.pipeline.train_epochs=96` moves the learning-rate steps with it)
-    and sit at the same epochs whatever a later round's own `train.epochs`.
+    round 0's length (`--config.pipeline.train_epochs=96` moves the learning-rate steps with it,
+    unless `train.schedule_epochs` is set, as the paper-scale config sets it to its 160 epochs in
+    all) and sit at the same epochs whatever a later round's own `train.epochs`.
     """
     from deepnoise_tf import models  # keras, as validate (which imports it anyway)
 

@@ -478,6 +478,27 @@ def test_logit_bank_takes_the_first_refresh_then_blends():
     )
 
 
+@pytest.mark.parametrize("variant, start", [("", "last"), (":cpu", "best")])
+def test_rounds_continue_from_the_last_weights_where_they_continue_the_schedule(
+    tmp_path, variant, start
+):
+    """Paper scale (the schedule continues): the previous round's last weights, so that its step
+    counter does not go back to the best epoch; `:cpu` (a constant rate): its best checkpoint."""
+    config = config_lib.load(CONFIG + variant)
+    folder = tmp_path / "round_0" / "xception"
+    (folder / "checkpoints").mkdir(parents=True)
+    for name in ("best", "last"):
+        (folder / "checkpoints" / f"{name}.weights.h5").write_bytes(b"")
+    chosen = algorithm.round_start_weights(config, str(folder))
+    assert chosen == str(folder / "checkpoints" / f"{start}.weights.h5")
+    (folder / "checkpoints" / "last.weights.h5").unlink()
+    if start == "last":
+        with pytest.raises(FileNotFoundError, match="last.weights.h5 is missing"):
+            algorithm.round_start_weights(config, str(folder))
+    else:
+        assert algorithm.round_start_weights(config, str(folder)) == chosen
+
+
 def test_member_configs_per_round():
     config = config_lib.load(CONFIG)
     first = pipeline_config.member_config(config, "xception_wide", 0)
