@@ -10,7 +10,7 @@ For each setting (image size, width multiplier, batch) and each mode:
   with (before `mean_teacher.consistency_start_fraction`, no pseudo labels): consistency weight 0, so
   only the normal view of the labelled rows runs, then the EMA update.
 The step is `model.train_step` in a `tf.function` (what `fit` compiles, specialised like it to the
-phase of the steps timed: `mean_teacher.StepPhase`), timed on one fixed batch
+phase of the steps timed: `step_phase.StepPhase`), timed on one fixed batch
 read from the pipeline, so it measures the step alone. The modes of a setting are timed interleaved
 (`_report.time_interleaved`: `--steps` rounds of one step of each mode, order rotating) and each
 mode's rate is its median step: on shared cores, load then slows every mode alike. The pipeline is `data.training_dataset`
@@ -140,7 +140,7 @@ def build_step(config, batch: dict, jit_compile: bool):
         model = factory.build_model(config, steps_per_epoch=STEPS_PER_EPOCH)
     finally:
         keras.config.set_dtype_policy(previous_policy)  # build_model sets it globally
-    # As `fit` compiles it (`mean_teacher.StepPhase`): for the phase of the epoch it times.
+    # As `fit` compiles it (`step_phase.StepPhase`): for the phase of the epoch it times.
     model.specialise_step(0, STEPS_PER_EPOCH)
     step = tf.function(model.train_step, jit_compile=jit_compile, reduce_retracing=True)
     parameters = (model.student_backbone.count_params() + model.student_head.count_params()) / 1e6

@@ -12,11 +12,11 @@ loss (the paper's Fig. 2C; the three views are the authors' code):
 
 A pass whose result has weight 0 does not run: no teacher pass while the consistency weight is 0
 (the labelled-only epochs), and no easy-view pass unless the consistency weight is positive or the
-batch has pseudo-labelled rows. Where an epoch lies wholly in one phase (`StepPhase` tells the
-model before it begins), the compiled step holds only that phase's passes; otherwise a `tf.cond`
-picks them per step, at a cost: TensorFlow's oneDNN rewrites skip the ops inside a branch (the
-max-pool gradient falls back to a kernel 15x slower) and the skipped branch's bookkeeping still
-runs (benchmarks/train.py, 64 px, one inter-op thread: 2.08 plain steps before, 1.94 after;
+batch has pseudo-labelled rows. Where an epoch lies wholly in one phase (`step_phase.StepPhase`
+tells the model before it begins), the compiled step holds only that phase's passes; otherwise a
+`tf.cond` picks them per step, at a cost: TensorFlow's oneDNN rewrites skip the ops inside a
+branch (the max-pool gradient falls back to a kernel 15x slower) and the skipped branch's
+bookkeeping still runs (benchmarks/train.py, 64 px, one inter-op thread: 2.08 plain steps before, 1.94 after;
 BENCHMARKS.md). The teacher's trainable weights are the EMA of the student's (Tarvainen & Valpola
 2017), updated once per step after the optimizer. Every loss term is reduced by the global count
 of the rows it covers, so the sum of the replicas' gradients is the gradient of the global-batch
@@ -31,6 +31,7 @@ import keras
 import tensorflow as tf
 
 from deepnoise_tf import augment, constants, keras_compat, losses, schedules
+from deepnoise_tf.step_phase import CONSISTENCY, LABELLED_ONLY, phase_of_steps
 
 # `views[name](images, seed) -> images` for each name; `augment.VIEWS` are the paper's.
 ViewFunction = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
@@ -40,11 +41,6 @@ VIEW_NAMES = ("easy", "normal", "hard")
 def labelled_prefix(rows: int, labelled_share: float) -> int:
     """Labelled rows at the start of a replica's batch of `rows` (`data.labelled_batch_size`)."""
     return max(1, min(rows, round(rows * labelled_share)))
-
-
-# The two phases of the paper's training (Discussion): the margin loss alone, then with the
-# consistency loss; `MeanTeacher.step_phase` names the one its compiled step is specialised to.
-LABELLED_ONLY, CONSISTENCY = "labelled_only", "consistency"
 
 
 def _run_if(condition, compute, skipped):
@@ -232,33 +228,20 @@ class MeanTeacher(keras_compat.PrebuiltModelMixin, keras.Model):
         return [*self.loss_trackers.values(), self.student_accuracy, self.teacher_accuracy]
 
     # -- the phase of the coming steps -------------------------------------------------------
-    def phase_of_steps(self, first_step: int, last_step: int) -> str | None:
-        """`CONSISTENCY` or `LABELLED_ONLY` if optimizer steps first..last all lie in that phase,
-        else None (or without a teacher). The consistency weight is 0 before its start epoch and
-        positive from it on (its ramp-up never reaches 0), so the two ends decide."""
-        if not self.has_teacher:
-            return None
-        weights = [
-            float(
-                schedules.consistency_weight(
-                    step / self.steps_per_epoch,
-                    self.consistency_weight,
-                    self.rampup_epochs,
-                    self.consistency_start_epoch,
-                )
-            )
-            for step in (first_step, last_step)
-        ]
-        if weights[0] > 0:
-            return CONSISTENCY
-        if weights[1] == 0:
-            return LABELLED_ONLY
-        return None
-
     def specialise_step(self, first_step: int, steps: int) -> bool:
-        """Sets `step_phase` for the `steps` optimizer steps from `first_step` (an epoch); True
-        when it changed, and a step compiled before must then be traced again."""
-        phase = self.phase_of_steps(first_step, first_step + steps - 1)
+        """Sets `step_phase` for the `steps` optimizer steps from `first_step` (an epoch): the
+        phase they all lie in (`phase_of_steps`), None without a teacher. True when it
+        changed, and a step compiled before must then be traced again."""
+        phase = None
+        if self.has_teacher:
+            phase = phase_of_steps(
+                first_step,
+                first_step + steps - 1,
+                steps_per_epoch=self.steps_per_epoch,
+                consistency_weight=self.consistency_weight,
+                rampup_epochs=self.rampup_epochs,
+                start_epoch=self.consistency_start_epoch,
+            )
         changed = phase != self.step_phase
         self.step_phase = phase
         return changed
@@ -560,20 +543,3 @@ class MeanTeacher(keras_compat.PrebuiltModelMixin, keras.Model):
             )
             logs["teacher_accuracy"] = self.teacher_accuracy.result()
         return keras_compat.step_logs(logs)
-
-
-class StepPhase(keras.callbacks.Callback):
-    """Before each epoch, specialises the model's compiled step to the epoch's phase.
-
-    `fit` compiles the step once; at an epoch whose phase differs from the step's (the first
-    epoch, the start of the consistency loss, the epoch that straddles it), the model's
-    `specialise_step` picks the passes and the step is traced again, so a run of the paper's
-    schedule traces it two or three times. The phase follows the optimizer's step counter, so a
-    resumed run picks the phase of the epoch it resumes at.
-    """
-
-    def on_epoch_begin(self, epoch, logs=None):
-        model = self.model
-        first_step = int(model.optimizer.iterations.numpy())
-        if model.specialise_step(first_step, model.steps_per_epoch):
-            model.make_train_function(force=True)

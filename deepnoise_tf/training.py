@@ -150,7 +150,7 @@ def _callbacks(config, folder: str, with_validation: bool) -> list:
     """
     import keras
 
-    from deepnoise_tf import mean_teacher, selection
+    from deepnoise_tf import selection, step_phase
 
     metrics_path = os.path.join(folder, workdir_lib.METRICS_FILE)
     callbacks = [selection.Validation(config)] if with_validation else []
@@ -182,7 +182,7 @@ def _callbacks(config, folder: str, with_validation: bool) -> list:
         keras.callbacks.TensorBoard(os.path.join(folder, "tensorboard"), write_graph=False),
     ]
     if config.mean_teacher.enabled:  # acts at epoch begin, after the backup restored the step
-        callbacks.append(mean_teacher.StepPhase())
+        callbacks.append(step_phase.StepPhase())
     return callbacks
 
 

@@ -8,8 +8,7 @@ import pandas as pd
 import pytest
 from conftest import tiny_config
 
-from deepnoise_tf import constants, inference, selection, training, workdir
-from deepnoise_tf import mean_teacher as mean_teacher_lib
+from deepnoise_tf import constants, inference, selection, step_phase, training, workdir
 
 VAL = ("HEPG2-01",)
 # A run of a few one-step epochs on the tiny data set, validated on VAL.
@@ -56,8 +55,8 @@ def test_the_well_score_is_computed_before_every_callback_that_reads_it(
     (checkpoint,) = [c for c in callbacks if isinstance(c, keras.callbacks.ModelCheckpoint)]
     assert checkpoint.monitor == name
     assert not any(isinstance(c, selection.Validation) for c in callbacks[1:])
-    # The mean teacher's step is specialised to each epoch's phase (mean_teacher.StepPhase).
-    phases = [c for c in callbacks if isinstance(c, mean_teacher_lib.StepPhase)]
+    # The mean teacher's step is specialised to each epoch's phase (step_phase.StepPhase).
+    phases = [c for c in callbacks if isinstance(c, step_phase.StepPhase)]
     assert len(phases) == int(mean_teacher)
     assert not any(
         isinstance(c, selection.Validation)

@@ -13,7 +13,8 @@ import pytest
 import tensorflow as tf
 from test_mean_teacher_views import build, counting_views, make_batch
 
-from deepnoise_tf.mean_teacher import CONSISTENCY, LABELLED_ONLY, VIEW_NAMES, StepPhase
+from deepnoise_tf.mean_teacher import VIEW_NAMES
+from deepnoise_tf.step_phase import CONSISTENCY, LABELLED_ONLY, StepPhase, phase_of_steps
 
 START = 3.0  # consistency start epoch; 10 steps per epoch (test_mean_teacher_views.build)
 
@@ -35,21 +36,20 @@ def counted_model(**kwargs):
     ],
 )
 def test_phase_of_steps_follows_the_consistency_start(first, last, phase):
-    model, _ = counted_model()
-    assert model.phase_of_steps(first, last) == phase
+    kwargs = dict(steps_per_epoch=10, consistency_weight=100.0, rampup_epochs=5.0)
+    assert phase_of_steps(first, last, start_epoch=START, **kwargs) == phase
 
 
 def test_phase_from_the_first_step_when_consistency_starts_at_once():
-    model, _ = counted_model()
-    model.consistency_start_epoch = 0.0
-    assert model.phase_of_steps(0, 9) == CONSISTENCY
+    kwargs = dict(steps_per_epoch=10, consistency_weight=100.0, rampup_epochs=5.0)
+    assert phase_of_steps(0, 9, start_epoch=0.0, **kwargs) == CONSISTENCY
 
 
 def test_without_a_teacher_there_is_no_phase():
     model, _ = counted_model()
     model.has_teacher = False
-    assert model.phase_of_steps(0, 9) is None
     assert model.specialise_step(0, 10) is False  # None already: nothing to trace again
+    assert model.step_phase is None
 
 
 def test_specialise_step_reports_a_change():
