@@ -273,7 +273,11 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=6, help="timed calls of each, alternating")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls of each")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads")
-    parser.add_argument("--inter_op_threads", type=int, default=1)
+    parser.add_argument(
+        "--inter_op_threads", type=int, default=0,
+        help="0 = each library's default, as training runs (TensorFlow's pool runs independent "
+        "ops of the step graph side by side; torch's eager step has no use for its pool)",
+    )  # fmt: skip
     parser.add_argument(
         "--channels_last", action=argparse.BooleanOptionalAction, default=False,
         help="torch.channels_last (NHWC, Keras's layout) instead of NCHW",
@@ -285,7 +289,8 @@ def main(argv=None):
     arguments = parser.parse_args(argv)
 
     torch.set_num_threads(arguments.threads)
-    torch.set_num_interop_threads(arguments.inter_op_threads)
+    if arguments.inter_op_threads:
+        torch.set_num_interop_threads(arguments.inter_op_threads)
     print(
         f"torch {torch.__version__}: intra-op threads {torch.get_num_threads()}, inter-op "
         f"{torch.get_num_interop_threads()}, oneDNN {torch.backends.mkldnn.is_available()}, "
@@ -329,6 +334,7 @@ def main(argv=None):
     summary = (
         f"torch_step_summary size={arguments.size} width={arguments.width:g} "
         f"batch={arguments.batch} threads={arguments.threads} "
+        f"inter_op={arguments.inter_op_threads or 'default'} "
         f"torch_train_images_per_s={torch_row['train_images_per_s']:.2f} (median)"
     )
     for row in rows[1:]:
@@ -340,7 +346,8 @@ def main(argv=None):
     summary += f" | load {load} total_s={total:.0f}"
     print(summary, flush=True)
     bullets = [
-        f"- threads: intra-op {arguments.threads}, inter-op {arguments.inter_op_threads} "
+        f"- threads: intra-op {arguments.threads}, inter-op "
+        f"{arguments.inter_op_threads or 'each library default'} "
         f"(torch.set_num_threads / tf.config.threading); OMP_WAIT_POLICY="
         f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}; torch layout "
         f"{'channels_last (NHWC)' if arguments.channels_last else 'NCHW'}; Keras NHWC",
