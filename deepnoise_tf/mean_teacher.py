@@ -18,7 +18,7 @@ tells the model before it begins), the compiled step holds only that phase's pas
 branch (the max-pool gradient falls back to a kernel 15x slower) and the skipped branch's
 bookkeeping still runs (benchmarks/train.py, 64 px, one inter-op thread: 2.08 plain steps before, 1.94 after;
 BENCHMARKS.md). The teacher's trainable weights are the EMA of the student's (Tarvainen & Valpola
-2017), updated once per step after the optimizer. Every loss term is reduced by the global count
+2017; `teacher_ema`), updated once per step after the optimizer. Every loss term is reduced by the global count
 of the rows it covers, so the sum of the replicas' gradients is the gradient of the global-batch
 loss whatever the number of replicas.
 """
@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 import keras
 import tensorflow as tf
 
-from deepnoise_tf import augment, constants, keras_compat, losses, schedules
+from deepnoise_tf import augment, constants, keras_compat, losses, schedules, teacher_ema
 from deepnoise_tf.step_phase import CONSISTENCY, LABELLED_ONLY, phase_of_steps
 
 # `views[name](images, seed) -> images` for each name; `augment.VIEWS` are the paper's.
@@ -48,28 +48,6 @@ def _run_if(condition, compute, skipped):
     if isinstance(condition, bool):
         return compute() if condition else skipped()
     return tf.cond(condition, compute, skipped)
-
-
-def ema_update(teacher_variables, student_variables, decay):
-    """teacher <- decay * teacher + (1 - decay) * student, once per variable even under a strategy.
-
-    Called in replica context, it hands over to cross-replica context (as Keras's optimizer does)
-    so that each mirrored teacher variable is written through the strategy, not once per replica.
-    """
-    pairs = [(t.value, s.value) for t, s in zip(teacher_variables, student_variables, strict=True)]
-
-    def update_all(strategy, pairs, rate):
-        # teacher -= (1 - d) (teacher - student): the same average in 3 ops per variable, not 5
-        # (the update runs for every weight of both networks at every step).
-        for teacher, student in pairs:
-            strategy.extended.update(
-                teacher,
-                lambda t, s, r: t.assign_sub(r * (t - tf.cast(s, t.dtype))),
-                args=(student, rate),  # per-replica values are unwrapped per device
-                group=False,
-            )
-
-    keras_compat.merge_call(update_all, pairs, 1.0 - decay)  # 1 - d in replica context
 
 
 class MeanTeacher(keras_compat.PrebuiltModelMixin, keras.Model):
@@ -95,7 +73,7 @@ class MeanTeacher(keras_compat.PrebuiltModelMixin, keras.Model):
         teacher_statistics: "batch" (default; the paper's code, Tarvainen & Valpola) normalises the
             teacher's hard view with batch statistics and keeps batch-norm statistics out of the
             EMA: the teacher's moving statistics come from its own passes (from the student's
-            while it runs none, see `_update_teacher`); "ema" averages the student's statistics
+            while it runs none, see `teacher_ema.update_teacher`); "ema" averages the student's statistics
             into the teacher, which then runs in inference mode.
         labelled_share: the fixed labelled share of every batch, whose labelled rows come first in
             each replica's slice (`data.training_dataset`): the normal view then runs on that static
@@ -186,13 +164,21 @@ class MeanTeacher(keras_compat.PrebuiltModelMixin, keras.Model):
         self.built = True  # the sub-networks arrive built (see keras_compat.PrebuiltModelMixin)
 
     # -- networks -----------------------------------------------------------------------------
+    def network(self, role: str) -> dict:
+        """`{"backbone", "head"}` of the "student" or the "teacher" (a method, not an attribute:
+        Keras's weight saving walks attributes and would save the networks twice)."""
+        return {
+            "backbone": getattr(self, f"{role}_backbone"),
+            "head": getattr(self, f"{role}_head"),
+        }
+
     @property
     def student_variables(self):
-        return self.student_backbone.trainable_weights + self.student_head.trainable_weights
+        return teacher_ema.trainable_variables(self.network("student"))
 
     @property
     def teacher_variables(self):
-        return self.teacher_backbone.trainable_weights + self.teacher_head.trainable_weights
+        return teacher_ema.trainable_variables(self.network("teacher"))
 
     def inference_network(self):
         """(backbone, head) that is evaluated and exported: the teacher when there is one."""
@@ -208,14 +194,8 @@ class MeanTeacher(keras_compat.PrebuiltModelMixin, keras.Model):
         return {"logits": head(embedding, training=training), "embedding": embedding}
 
     def copy_student_to_teacher(self):
-        """Starts the teacher as an exact copy of the student."""
-        for teacher, student in zip(self.teacher_variables, self.student_variables, strict=True):
-            teacher.assign(student)
-        student_stats = [w for w in self.student_backbone.non_trainable_weights]
-        for teacher, student in zip(
-            self.teacher_backbone.non_trainable_weights, student_stats, strict=True
-        ):
-            teacher.assign(student)
+        """Starts the teacher as an exact copy of the student (`teacher_ema`)."""
+        teacher_ema.copy_student_to_teacher(self.network("teacher"), self.network("student"))
 
     def compile(self, optimizer, **kwargs):
         super().compile(optimizer=optimizer, **kwargs)
@@ -476,15 +456,11 @@ class MeanTeacher(keras_compat.PrebuiltModelMixin, keras.Model):
         self.optimizer.apply(gradients, self.student_variables)
 
     def _update_teacher(self, epoch, teacher_ran):
-        """θ' <- d θ' + (1 - d) θ: the teacher as the EMA of the student (Tarvainen & Valpola 2017).
+        """θ' <- d θ' + (1 - d) θ: the teacher as the EMA of the student (`teacher_ema`).
 
         d = min(1 - 1/(step + 1), d(epoch)) with d(epoch) from `ema_decays` at `ema_epoch_boundaries`
         (authors' code). `optimizer.iterations` has advanced: the first update sees step 1 (decay
         0.5, not 0), as in Tarvainen & Valpola's code; `epoch` is the 0-based epoch of this step.
-        Batch-norm moving statistics: "ema" averages them the same way; "batch" leaves them to the
-        teacher's own passes, except in steps where it ran none (`teacher_ran` false: consistency
-        weight 0), where they follow the student's by the same EMA, so that the teacher evaluated
-        during the labelled-only epochs is not normalised by statistics frozen at its start.
         """
         decay = schedules.ema_decay(
             self.optimizer.iterations,
@@ -493,13 +469,13 @@ class MeanTeacher(keras_compat.PrebuiltModelMixin, keras.Model):
             decays=self.ema_decays[:-1],
             final_decay=self.ema_decays[-1],
         )
-        decay = tf.cast(decay, tf.float32)
-        ema_update(self.teacher_variables, self.student_variables, decay)
-        if self.teacher_statistics == "ema" or teacher_ran is not True:
-            if self.teacher_statistics == "batch" and teacher_ran is not False:
-                decay = tf.where(teacher_ran, 1.0, decay)  # 1 keeps the teacher's own, exactly
-            teacher, student = self.teacher_backbone, self.student_backbone
-            ema_update(teacher.non_trainable_weights, student.non_trainable_weights, decay)
+        teacher_ema.update_teacher(
+            self.network("teacher"),
+            self.network("student"),
+            tf.cast(decay, tf.float32),
+            statistics=self.teacher_statistics,
+            teacher_ran=teacher_ran,
+        )
 
     def _update_metrics(self, terms, targets, embedding):
         """Feeds the loss terms and the student's no-margin accuracy to the trackers; returns the logs.
@@ -527,19 +503,16 @@ class MeanTeacher(keras_compat.PrebuiltModelMixin, keras.Model):
         )
 
     def test_step(self, data):
+        """Accuracy of the student and of the teacher (inference mode, no margin) on labelled rows."""
         data, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         labels = tf.cast(data["label"], tf.int32)
         labelled = losses.labelled_mask(labels)
         images = augment.normalize(data["image"], data["mean"], data["std"])
-        student_logits = self.student_head(self.student_backbone(images, training=False))
-        self.student_accuracy.update_state(
-            tf.maximum(labels, 0), student_logits, sample_weight=labelled
-        )
-        logs = {"student_accuracy": self.student_accuracy.result()}
-        if self.has_teacher:
-            teacher_logits = self.teacher_head(self.teacher_backbone(images, training=False))
-            self.teacher_accuracy.update_state(
-                tf.maximum(labels, 0), teacher_logits, sample_weight=labelled
-            )
-            logs["teacher_accuracy"] = self.teacher_accuracy.result()
+        logs = {}
+        for role in ("student", "teacher") if self.has_teacher else ("student",):
+            network = self.network(role)
+            logits = network["head"](network["backbone"](images, training=False))
+            accuracy = self.student_accuracy if role == "student" else self.teacher_accuracy
+            accuracy.update_state(tf.maximum(labels, 0), logits, sample_weight=labelled)
+            logs[accuracy.name] = accuracy.result()
         return keras_compat.step_logs(logs)
