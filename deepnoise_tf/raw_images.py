@@ -134,13 +134,7 @@ def source_batches(
                 "image": pixels.read_site(site, settings),
                 "mean": mean,
                 "std": std,
-                "id_code": site.id_code,
-                "site": site.site,
-                "experiment": site.experiment,
-                "plate": site.plate,
-                "well": site.well,
-                "cell_type": site.cell_type,
-                "well_type": site.well_type,
+                **site.identifiers(),
                 "label": label,
             }
 

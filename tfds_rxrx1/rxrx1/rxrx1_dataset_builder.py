@@ -71,13 +71,7 @@ def make_example(site: Site, settings: DecodeSettings, statistics: dict) -> dict
     """The TFDS example of one site (features as the dataset card lists them)."""
     example = {
         "image": read_site(site, settings),
-        "id_code": site.id_code,
-        "site": site.site,
-        "experiment": site.experiment,
-        "plate": site.plate,
-        "well": site.well,
-        "cell_type": site.cell_type,
-        "well_type": site.well_type,
+        **site.identifiers(),
         "sirna": site.sirna,
     }
     for group, key in site.group_keys().items():

@@ -74,6 +74,18 @@ class Site:
     paths: tuple[str, ...]
     row: str  # "file:line" of the metadata row, for error messages
 
+    def identifiers(self) -> dict:
+        """The fields that name the site in every example made of it (TFDS features, raw reads)."""
+        return {
+            "id_code": self.id_code,
+            "site": self.site,
+            "experiment": self.experiment,
+            "plate": self.plate,
+            "well": self.well,
+            "cell_type": self.cell_type,
+            "well_type": self.well_type,
+        }
+
     def group_keys(self) -> dict[str, str]:
         """The statistic groups the site pools into."""
         return {
