@@ -6,9 +6,9 @@ per-cell-type fine-tuning, the ensemble and the plate prior. Run with `deepnoise
 
 Variants (combine with a comma, e.g. `:cpu,own_teacher`):
     :cpu          the synthetic quickstart data (generated into <workdir>/data), 64 px, width 1/8,
-                  short schedules: the whole pipeline on 2 CPU cores in about an hour (61 min
-                  with the cores shared); validation accuracy (round 1) xception 0.88,
-                  xception_wide 0.92, ensemble 0.97, ensemble + plate prior 1.00 (docs/pipeline.md).
+                  short schedules: the whole pipeline in 40 min on 2 idle CPU cores; validation
+                  accuracy (round 2, selected) xception 0.82, xception_wide 0.88, ensemble 0.94,
+                  ensemble + plate prior 1.00 (2026-12-06, docs/pipeline.md).
     :own_teacher  pseudo labels from each model's own teacher (the public code) instead of the
                   post-processed ensemble of both teachers (the paper).
 
