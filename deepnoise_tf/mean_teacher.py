@@ -12,15 +12,15 @@ loss (the paper's Fig. 2C; the three views are the authors' code):
 
 A pass whose result has weight 0 does not run: no teacher pass while the consistency weight is 0
 (the labelled-only epochs), and no easy-view pass unless the consistency weight is positive or the
-batch has pseudo-labelled rows. Where an epoch lies wholly in one phase (`step_phase.StepPhase`
-tells the model before it begins), the compiled step holds only that phase's passes; otherwise a
-`tf.cond` picks them per step, at a cost: TensorFlow's oneDNN rewrites skip the ops inside a
-branch (the max-pool gradient falls back to a kernel 15x slower) and the skipped branch's
-bookkeeping still runs (benchmarks/train.py, 64 px, one inter-op thread: 2.08 plain steps before, 1.94 after;
-BENCHMARKS.md). The teacher's trainable weights are the EMA of the student's (Tarvainen & Valpola
-2017; `teacher_ema`), updated once per step after the optimizer. Every loss term is reduced by the global count
-of the rows it covers, so the sum of the replicas' gradients is the gradient of the global-batch
-loss whatever the number of replicas.
+batch has pseudo-labelled rows (`step_phase.passes_to_run`). Where an epoch lies wholly in one phase
+(`step_phase.StepPhase` tells the model before it begins), the compiled step holds only that
+phase's passes; otherwise a `tf.cond` picks them per step, at a cost: TensorFlow's oneDNN rewrites
+skip the ops inside a branch (the max-pool gradient falls back to a kernel 15x slower) and the
+skipped branch's bookkeeping still runs (benchmarks/train.py, 64 px, one inter-op thread: 2.08
+plain steps before, 1.94 after; BENCHMARKS.md). The teacher's trainable weights are the EMA of the
+student's (Tarvainen & Valpola 2017; `teacher_ema`), updated once per step after the optimizer.
+Every loss term is reduced by the global count of the rows it covers, so the sum of the replicas'
+gradients is the gradient of the global-batch loss whatever the number of replicas.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import keras
 import tensorflow as tf
 
 from deepnoise_tf import augment, constants, keras_compat, losses, schedules, teacher_ema
-from deepnoise_tf.step_phase import CONSISTENCY, LABELLED_ONLY, phase_of_steps
+from deepnoise_tf.step_phase import passes_to_run, phase_of_steps, run_if
 
 # `views[name](images, seed) -> images` for each name; `augment.VIEWS` are the paper's.
 ViewFunction = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
@@ -41,13 +41,6 @@ VIEW_NAMES = ("easy", "normal", "hard")
 def labelled_prefix(rows: int, labelled_share: float) -> int:
     """Labelled rows at the start of a replica's batch of `rows` (`data.labelled_batch_size`)."""
     return max(1, min(rows, round(rows * labelled_share)))
-
-
-def _run_if(condition, compute, skipped):
-    """`compute()` where `condition` holds, else `skipped()`; a Python bool decides when tracing."""
-    if isinstance(condition, bool):
-        return compute() if condition else skipped()
-    return tf.cond(condition, compute, skipped)
 
 
 class MeanTeacher(keras_compat.PrebuiltModelMixin, keras.Model):
@@ -73,8 +66,8 @@ class MeanTeacher(keras_compat.PrebuiltModelMixin, keras.Model):
         teacher_statistics: "batch" (default; the paper's code, Tarvainen & Valpola) normalises the
             teacher's hard view with batch statistics and keeps batch-norm statistics out of the
             EMA: the teacher's moving statistics come from its own passes (from the student's
-            while it runs none, see `teacher_ema.update_teacher`); "ema" averages the student's statistics
-            into the teacher, which then runs in inference mode.
+            while it runs none, see `teacher_ema.update_teacher`); "ema" averages the student's
+            statistics into the teacher, which then runs in inference mode.
         labelled_share: the fixed labelled share of every batch, whose labelled rows come first in
             each replica's slice (`data.training_dataset`): the normal view then runs on that static
             prefix (`labelled_prefix`). None: on the rows with a label, gathered by a mask
@@ -327,38 +320,14 @@ class MeanTeacher(keras_compat.PrebuiltModelMixin, keras.Model):
         }
 
     def _passes(self, epoch, targets):
-        """The consistency weight w_c(epoch) (eq. 5) and whether the teacher and easy passes run.
-
-        Teacher: while w_c > 0; the student's easy view: while w_c > 0 or the batch has pseudo
-        labels (global conditions, equal on every replica). Each is a Python bool where it is
-        known when tracing (`step_phase`, a batch without a `pseudo_label` feature), else a
-        tensor for `tf.cond`. Where a `tf.cond` branch cannot hold synchronized batch norm
-        (`keras_compat.cond_may_all_reduce`: MirroredStrategy outside XLA on GPUs) a tensor
-        condition becomes True: same losses, more moving-statistics updates.
-        """
+        """The consistency weight w_c(epoch) (eq. 5) and which passes run (`passes_to_run`)."""
         if not self.has_teacher:
             return {"weight": tf.constant(0.0), "teacher": False, "easy": False}
         weight = schedules.consistency_weight(
             epoch, self.consistency_weight, self.rampup_epochs, self.consistency_start_epoch
         )
-        if self.step_phase == CONSISTENCY:
-            teacher = True
-        elif self.step_phase == LABELLED_ONLY:
-            # A wrong phase would drop the consistency loss silently: fail instead.
-            tf.debugging.assert_equal(
-                weight, 0.0, message="a step specialised to the labelled-only phase has w_c > 0"
-            )
-            teacher = False
-        else:
-            teacher = weight > 0
         pseudo = targets["pseudo_rows"] > 0 if targets["may_have_pseudo_labels"] else False
-        if isinstance(teacher, bool):
-            easy = True if teacher else pseudo
-        else:
-            easy = teacher if pseudo is False else tf.logical_or(teacher, pseudo)
-        if not keras_compat.cond_may_all_reduce():
-            teacher, easy = (c if isinstance(c, bool) else True for c in (teacher, easy))
-        return {"weight": weight, "teacher": teacher, "easy": easy}
+        return {"weight": weight, **passes_to_run(self.step_phase, weight, pseudo)}
 
     def _teacher_targets(self, hard_view, run, targets):
         """The teacher's no-margin logits on the hard view: the consistency target f(x, θ') of eq. 5.
@@ -378,7 +347,7 @@ class MeanTeacher(keras_compat.PrebuiltModelMixin, keras.Model):
         def skipped():
             return tf.zeros([targets["local_rows"], self.teacher_head.num_classes], tf.float32)
 
-        return tf.stop_gradient(_run_if(run, logits, skipped))
+        return tf.stop_gradient(run_if(run, logits, skipped))
 
     def _classification_loss(self, embedding, targets, epoch):
         """ArcFace margin cross-entropy (eq. 4) of the labelled rows, over the global labelled count.
@@ -434,7 +403,7 @@ class MeanTeacher(keras_compat.PrebuiltModelMixin, keras.Model):
                 return (consistency if passes["teacher"] else zero), pseudo
             return tf.where(passes["teacher"], consistency, zero), pseudo
 
-        consistency, pseudo = _run_if(passes["easy"], easy_terms, lambda: (zero, zero))
+        consistency, pseudo = run_if(passes["easy"], easy_terms, lambda: (zero, zero))
         weight = passes["weight"]
         pseudo_weight = tf.where(pseudo_rows > 0, self.pseudo_label_weight, 0.0)
         total = (
@@ -503,7 +472,7 @@ class MeanTeacher(keras_compat.PrebuiltModelMixin, keras.Model):
         )
 
     def test_step(self, data):
-        """Accuracy of the student and of the teacher (inference mode, no margin) on labelled rows."""
+        """Accuracy of student and teacher (inference mode, no margin) on the labelled rows."""
         data, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         labels = tf.cast(data["label"], tf.int32)
         labelled = losses.labelled_mask(labels)

@@ -1,4 +1,5 @@
-"""Which phase of the paper's training a span of steps lies in, and the callback that tells the model.
+"""Which phase of the paper's training a span of steps lies in, the callback that tells the model,
+and which passes a step of that phase runs.
 
 The paper trains on the margin loss alone first, then adds the consistency loss (Discussion).
 `MeanTeacher`'s step skips the passes whose loss has weight 0; `fit` compiles that step once,
@@ -10,8 +11,9 @@ the phase all of the epoch's steps lie in, and the model's step is traced again 
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 
-from deepnoise_tf import schedules
+from deepnoise_tf import keras_compat, schedules
 
 # `MeanTeacher.step_phase`: the phase its compiled step is specialised to (None: per step).
 LABELLED_ONLY, CONSISTENCY = "labelled_only", "consistency"
@@ -43,6 +45,42 @@ def phase_of_steps(
     if weights[1] == 0:
         return LABELLED_ONLY
     return None
+
+
+def run_if(condition, compute, skipped):
+    """`compute()` where `condition` holds, else `skipped()`; a Python bool decides when tracing."""
+    if isinstance(condition, bool):
+        return compute() if condition else skipped()
+    return tf.cond(condition, compute, skipped)
+
+
+def passes_to_run(step_phase: str | None, weight, pseudo) -> dict:
+    """Whether the step's teacher pass and the student's easy-view pass run: `{"teacher", "easy"}`.
+
+    Teacher: while the consistency weight `weight` (w_c, eq. 5) is > 0; easy view: while w_c > 0
+    or the batch has pseudo labels (`pseudo`; global conditions, equal on every replica). Each is
+    a Python bool where it is known when tracing (`step_phase` set, `pseudo` False for a batch
+    without a `pseudo_label` feature), else a tensor for `tf.cond`. Where a `tf.cond` branch cannot
+    hold synchronized batch norm (`keras_compat.cond_may_all_reduce`: MirroredStrategy outside XLA
+    on GPUs) a tensor condition becomes True: same losses, more moving-statistics updates.
+    """
+    if step_phase == CONSISTENCY:
+        teacher = True
+    elif step_phase == LABELLED_ONLY:
+        # A wrong phase would drop the consistency loss silently: fail instead.
+        tf.debugging.assert_equal(
+            weight, 0.0, message="a step specialised to the labelled-only phase has w_c > 0"
+        )
+        teacher = False
+    else:
+        teacher = weight > 0
+    if isinstance(teacher, bool):
+        easy = True if teacher else pseudo
+    else:
+        easy = teacher if pseudo is False else tf.logical_or(teacher, pseudo)
+    if not keras_compat.cond_may_all_reduce():
+        teacher, easy = (c if isinstance(c, bool) else True for c in (teacher, easy))
+    return {"teacher": teacher, "easy": easy}
 
 
 class StepPhase(keras.callbacks.Callback):

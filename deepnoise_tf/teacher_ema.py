@@ -16,7 +16,7 @@ from deepnoise_tf import keras_compat
 
 
 def trainable_variables(network: dict) -> list:
-    """The weights the EMA averages (and the optimizer trains, for the student): backbone, then head."""
+    """The weights the EMA averages (and the optimizer trains, in the student): backbone, head."""
     return network["backbone"].trainable_weights + network["head"].trainable_weights
 
 
@@ -65,13 +65,9 @@ def update_teacher(teacher: dict, student: dict, decay, *, statistics: str, teac
 
 def copy_student_to_teacher(teacher: dict, student: dict) -> None:
     """Starts the teacher as an exact copy of the student: weights and batch-norm statistics."""
-    pairs = zip(trainable_variables(teacher), trainable_variables(student), strict=True)
-    for teacher_variable, student_variable in pairs:
-        teacher_variable.assign(student_variable)
-    pairs = zip(
-        teacher["backbone"].non_trainable_weights,
-        student["backbone"].non_trainable_weights,
-        strict=True,
-    )
-    for teacher_variable, student_variable in pairs:
+
+    def copied(network):
+        return trainable_variables(network) + network["backbone"].non_trainable_weights
+
+    for teacher_variable, student_variable in zip(copied(teacher), copied(student), strict=True):
         teacher_variable.assign(student_variable)

@@ -14,7 +14,13 @@ import tensorflow as tf
 from test_mean_teacher_views import build, counting_views, make_batch
 
 from deepnoise_tf.mean_teacher import VIEW_NAMES
-from deepnoise_tf.step_phase import CONSISTENCY, LABELLED_ONLY, StepPhase, phase_of_steps
+from deepnoise_tf.step_phase import (
+    CONSISTENCY,
+    LABELLED_ONLY,
+    StepPhase,
+    passes_to_run,
+    phase_of_steps,
+)
 
 START = 3.0  # consistency start epoch; 10 steps per epoch (test_mean_teacher_views.build)
 
@@ -50,6 +56,34 @@ def test_without_a_teacher_there_is_no_phase():
     model.has_teacher = False
     assert model.specialise_step(0, 10) is False  # None already: nothing to trace again
     assert model.step_phase is None
+
+
+# (phase, w_c, pseudo labels in the batch) -> (teacher pass, easy pass), by the rule: teacher while
+# w_c > 0, easy while w_c > 0 or pseudo labels; known phase and no pseudo feature give Python bools.
+@pytest.mark.parametrize(
+    "phase, weight, pseudo, teacher, easy",
+    [
+        (CONSISTENCY, 5.0, False, True, True),
+        (CONSISTENCY, 5.0, True, True, True),
+        (LABELLED_ONLY, 0.0, False, False, False),
+        (LABELLED_ONLY, 0.0, "tensor True", False, "tensor True"),
+        (LABELLED_ONLY, 0.0, "tensor False", False, "tensor False"),
+        (None, 0.0, False, "tensor False", "tensor False"),
+        (None, 2.0, False, "tensor True", "tensor True"),
+        (None, 0.0, "tensor True", "tensor False", "tensor True"),
+    ],
+)
+def test_passes_to_run_by_hand(phase, weight, pseudo, teacher, easy):
+    def as_input(value):
+        return tf.constant(value == "tensor True") if isinstance(value, str) else value
+
+    passes = passes_to_run(phase, tf.constant(weight), as_input(pseudo))
+    for name, expected in (("teacher", teacher), ("easy", easy)):
+        if isinstance(expected, str):  # decided per step: a boolean tensor
+            assert tf.is_tensor(passes[name]), name
+            assert bool(passes[name]) == (expected == "tensor True"), name
+        else:  # decided when tracing: a Python bool
+            assert passes[name] is expected, name
 
 
 def test_specialise_step_reports_a_change():
